@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from accounts import services
+from accounts.models import APIKey, EndUserBudget, Membership, OAuthClient, Organization, User
+
+
+@admin.register(User)
+class UserAdmin(BaseUserAdmin):
+    ordering = ("email",)
+    list_display = ("email", "full_name", "is_active", "is_staff", "date_joined")
+    search_fields = ("email", "full_name")
+    fieldsets = (
+        (None, {"fields": ("email", "password", "full_name")}),
+        ("Permissions", {"fields": ("is_active", "is_staff", "is_superuser", "groups", "user_permissions")}),
+    )
+    add_fieldsets = ((None, {"classes": ("wide",), "fields": ("email", "password1", "password2")}),)
+
+
+class MembershipInline(admin.TabularInline):
+    model = Membership
+    extra = 0
+    autocomplete_fields = ("user",)
+    fields = ("user", "role", "token_budget", "budget_period")
+
+
+class APIKeyInline(admin.TabularInline):
+    model = APIKey
+    extra = 0
+    can_delete = False
+    show_change_link = True
+    fields = ("name", "prefix", "user", "scopes", "expires_at", "revoked_at", "last_used_at")
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # keys are created on their own page, which shows the secret once
+
+
+class EndUserBudgetInline(admin.TabularInline):
+    model = EndUserBudget
+    extra = 0
+
+
+@admin.register(Organization)
+class OrganizationAdmin(admin.ModelAdmin):
+    list_display = ("slug", "name", "status", "requests_per_minute", "tokens_per_minute", "token_quota", "created_at")
+    list_filter = ("status", "quota_period")
+    search_fields = ("slug", "name", "billing_email")
+    prepopulated_fields = {"slug": ("name",)}
+    inlines = (MembershipInline, APIKeyInline, EndUserBudgetInline)
+    actions = ("suspend", "reactivate")
+    fieldsets = (
+        (None, {"fields": ("name", "slug", "status", "status_reason")}),
+        ("Limits", {"fields": ("requests_per_minute", "tokens_per_minute", "token_quota", "quota_period",
+                               "end_user_token_budget", "end_user_budget_period")}),
+        ("Billing", {"fields": ("billing_email", "stripe_customer_id", "past_due_since")}),
+    )
+
+    def save_model(self, request: HttpRequest, obj: Organization, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        services.organization_cache_invalidate(organization=obj)
+
+    def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
+        super().save_formset(request, form, formset, change)
+        services.organization_cache_invalidate(organization=form.instance)
+
+    @admin.action(description="Suspend selected organizations")
+    def suspend(self, request: HttpRequest, queryset: QuerySet[Organization]) -> None:
+        for organization in queryset:
+            services.organization_suspend(organization=organization, reason="Suspended by an operator")
+        self.message_user(request, f"Suspended {queryset.count()} organization(s).")
+
+    @admin.action(description="Reactivate selected organizations")
+    def reactivate(self, request: HttpRequest, queryset: QuerySet[Organization]) -> None:
+        for organization in queryset:
+            services.organization_reactivate(organization=organization)
+        self.message_user(request, f"Reactivated {queryset.count()} organization(s).")
+
+
+@admin.register(APIKey)
+class APIKeyAdmin(admin.ModelAdmin):
+    list_display = ("name", "prefix", "organization", "user", "expires_at", "revoked_at", "last_used_at")
+    list_filter = ("revoked_at", "organization")
+    search_fields = ("name", "prefix", "organization__slug", "user__email")
+    autocomplete_fields = ("organization", "user")
+    readonly_fields = ("prefix", "last_used_at", "revoked_at", "created_at")
+    actions = ("revoke",)
+    fields = ("organization", "user", "name", "scopes", "requests_per_minute", "tokens_per_minute",
+              "token_budget", "budget_period", "expires_at", "prefix", "revoked_at", "last_used_at", "created_at")
+
+    def save_model(self, request: HttpRequest, obj: APIKey, form: Any, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            services.api_key_cache_invalidate(prefixes=[obj.prefix])
+            return
+        created, secret = services.api_key_create(
+            organization=obj.organization, name=obj.name, user=obj.user, scopes=obj.scopes or None
+        )
+        services.api_key_update(
+            api_key=created, requests_per_minute=obj.requests_per_minute, tokens_per_minute=obj.tokens_per_minute,
+            token_budget=obj.token_budget, budget_period=obj.budget_period, expires_at=obj.expires_at,
+        )
+        obj.pk = created.pk
+        obj.prefix = created.prefix
+        obj.secret_hash = created.secret_hash
+        messages.warning(request, f"The new key is {secret} — copy it now: it will not be shown again.")
+
+    @admin.action(description="Revoke selected keys")
+    def revoke(self, request: HttpRequest, queryset: QuerySet[APIKey]) -> None:
+        for api_key in queryset:
+            services.api_key_revoke(api_key=api_key)
+        self.message_user(request, f"Revoked {queryset.count()} key(s).")
+
+
+@admin.register(OAuthClient)
+class OAuthClientAdmin(admin.ModelAdmin):
+    list_display = ("application", "organization", "scopes", "created_at")
+    search_fields = ("application__name", "organization__slug")

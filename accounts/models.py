@@ -1,0 +1,215 @@
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser, BaseUserManager, PermissionsMixin
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from accounts.scopes import ALL_SCOPES
+
+
+class BudgetPeriod(models.TextChoices):
+    DAY = "day", "Day"
+    MONTH = "month", "Month"
+    NONE = "none", "No reset"
+
+
+class UserManager(BaseUserManager["User"]):
+    use_in_migrations = True
+
+    def create_user(self, email: str, password: str | None = None, **extra: Any) -> User:
+        if not email:
+            raise ValueError("An email is required.")
+        user = self.model(email=self.normalize_email(email).lower(), **extra)
+        user.set_password(password)
+        user.save(using=self._db)
+        return user
+
+    def create_superuser(self, email: str, password: str | None = None, **extra: Any) -> User:
+        extra.setdefault("is_staff", True)
+        extra.setdefault("is_superuser", True)
+        return self.create_user(email, password, **extra)
+
+
+class User(AbstractBaseUser, PermissionsMixin):
+    email = models.EmailField(unique=True)
+    full_name = models.CharField(max_length=200, blank=True)
+    is_active = models.BooleanField(default=True)
+    is_staff = models.BooleanField(default=False)
+    date_joined = models.DateTimeField(default=timezone.now)
+
+    objects: ClassVar[UserManager] = UserManager()
+
+    USERNAME_FIELD = "email"
+    EMAIL_FIELD = "email"
+    REQUIRED_FIELDS: ClassVar[list[str]] = []
+
+    def __str__(self) -> str:
+        return self.email
+
+
+class Organization(models.Model):
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        SUSPENDED = "suspended", "Suspended"
+
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=64, unique=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    status_reason = models.CharField(max_length=200, blank=True)
+
+    # Limits; null means unlimited.
+    requests_per_minute = models.PositiveIntegerField(null=True, blank=True, default=600)
+    tokens_per_minute = models.PositiveIntegerField(null=True, blank=True, default=200_000)
+    token_quota = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Tokens per quota period for the whole organization."
+    )
+    quota_period = models.CharField(
+        max_length=8, choices=BudgetPeriod.choices, default=BudgetPeriod.MONTH
+    )
+    end_user_token_budget = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Default budget of each end user (the request's user_id)."
+    )
+    end_user_budget_period = models.CharField(
+        max_length=8, choices=BudgetPeriod.choices, default=BudgetPeriod.DAY
+    )
+
+    # Billing.
+    billing_email = models.EmailField(blank=True)
+    stripe_customer_id = models.CharField(max_length=64, blank=True)
+    past_due_since = models.DateTimeField(null=True, blank=True)
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ("name",)
+
+    def __str__(self) -> str:
+        return self.slug
+
+    @property
+    def is_active(self) -> bool:
+        return self.status == self.Status.ACTIVE
+
+
+class Membership(models.Model):
+    class Role(models.TextChoices):
+        OWNER = "owner", "Owner"
+        ADMIN = "admin", "Admin"
+        MEMBER = "member", "Member"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.MEMBER)
+    token_budget = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Tokens this member may spend per period; empty: no limit."
+    )
+    budget_period = models.CharField(
+        max_length=8, choices=BudgetPeriod.choices, default=BudgetPeriod.MONTH
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=("user", "organization"), name="unique_membership"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.organization} ({self.role})"
+
+
+class APIKey(models.Model):
+    """An API key. Only a non-secret prefix (for lookup) and a SHA-256 hash of the whole key are
+    stored; the key is shown once, when it is created."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="api_keys")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="api_keys",
+        help_text="The member the key acts for; empty for an organization-wide key.",
+    )
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, unique=True, editable=False)
+    secret_hash = models.CharField(max_length=64, editable=False)
+    scopes = models.JSONField(default=list)
+
+    requests_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Stricter than the organization's limit; empty: inherit."
+    )
+    tokens_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    token_budget = models.PositiveBigIntegerField(null=True, blank=True)
+    budget_period = models.CharField(
+        max_length=8, choices=BudgetPeriod.choices, default=BudgetPeriod.MONTH
+    )
+
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = "API key"
+        ordering = ("-created_at",)
+        indexes = [models.Index(fields=("organization", "revoked_at"))]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    def is_expired(self, *, now: Any = None) -> bool:
+        return self.expires_at is not None and self.expires_at <= (now or timezone.now())
+
+    def clean_scopes(self) -> list[str]:
+        return [scope for scope in self.scopes if scope in ALL_SCOPES]
+
+
+class OAuthClient(models.Model):
+    """Links a django-oauth-toolkit client-credentials application to the organization it acts for."""
+
+    application = models.OneToOneField(
+        "oauth2_provider.Application", on_delete=models.CASCADE, related_name="platform_client"
+    )
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="oauth_clients"
+    )
+    scopes = models.JSONField(default=list, help_text="Scopes this client may be granted.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = "OAuth2 client"
+
+    def __str__(self) -> str:
+        return f"{self.application.name} ({self.organization})"
+
+
+class EndUserBudget(models.Model):
+    """A budget for one end user (the `user_id` a tenant passes), overriding the organization's
+    default end-user budget."""
+
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="end_user_budgets"
+    )
+    end_user = models.CharField(max_length=128)
+    token_budget = models.PositiveBigIntegerField()
+    budget_period = models.CharField(
+        max_length=8, choices=BudgetPeriod.choices, default=BudgetPeriod.DAY
+    )
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=("organization", "end_user"), name="unique_end_user_budget"),
+            models.CheckConstraint(condition=~Q(end_user=""), name="end_user_not_empty"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.end_user} in {self.organization}"

@@ -1,0 +1,179 @@
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable, Sequence
+from datetime import timedelta
+
+from django.core.cache import cache
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from django.utils.text import slugify
+from oauth2_provider.models import get_application_model
+
+from accounts import keys
+from accounts.models import APIKey, Membership, OAuthClient, Organization, User
+from accounts.scopes import ALL_SCOPES
+from accounts.selectors import api_key_cache_key
+from common.errors import APIError
+
+
+class InvalidScopes(APIError):
+    code = "invalid_scope"
+
+
+def _validated_scopes(scopes: Iterable[str] | None) -> list[str]:
+    if scopes is None:
+        return list(ALL_SCOPES)
+    chosen = list(dict.fromkeys(scopes))
+    unknown = [scope for scope in chosen if scope not in ALL_SCOPES]
+    if unknown:
+        raise InvalidScopes(
+            f"Unknown scope(s): {', '.join(unknown)}. Known scopes: {', '.join(ALL_SCOPES)}.",
+            param="scopes",
+        )
+    return chosen
+
+
+def api_key_cache_invalidate(*, prefixes: Iterable[str]) -> None:
+    """Deletes cached key lookups once the surrounding transaction commits, so that the next
+    request in any process reads the new state."""
+    cache_keys = [api_key_cache_key(prefix) for prefix in prefixes]
+    if cache_keys:
+        transaction.on_commit(lambda: cache.delete_many(cache_keys))
+
+
+def organization_cache_invalidate(*, organization: Organization) -> None:
+    api_key_cache_invalidate(
+        prefixes=APIKey.objects.filter(organization=organization).values_list("prefix", flat=True)
+    )
+
+
+@transaction.atomic
+def user_create(*, email: str, password: str | None = None, full_name: str = "") -> User:
+    return User.objects.create_user(email, password, full_name=full_name)
+
+
+@transaction.atomic
+def organization_create(
+    *, slug: str, name: str = "", owner: User | None = None
+) -> Organization:
+    if slugify(slug) != slug:
+        raise APIError(f"'{slug}' is not a valid slug (lowercase letters, digits, hyphens).", param="slug")
+    if Organization.objects.filter(slug=slug).exists():
+        raise APIError(f"An organization with slug '{slug}' already exists.", param="slug", code="conflict", status=409)
+    organization = Organization.objects.create(slug=slug, name=name or slug)
+    if owner is not None:
+        Membership.objects.create(user=owner, organization=organization, role=Membership.Role.OWNER)
+    return organization
+
+
+@transaction.atomic
+def membership_create(
+    *, organization: Organization, user: User, role: str = Membership.Role.MEMBER
+) -> Membership:
+    return Membership.objects.create(organization=organization, user=user, role=role)
+
+
+@transaction.atomic
+def organization_update(*, organization: Organization, **fields: object) -> Organization:
+    for name, value in fields.items():
+        setattr(organization, name, value)
+    organization.save()
+    organization_cache_invalidate(organization=organization)
+    return organization
+
+
+def organization_suspend(*, organization: Organization, reason: str = "") -> Organization:
+    return organization_update(
+        organization=organization, status=Organization.Status.SUSPENDED, status_reason=reason
+    )
+
+
+def organization_reactivate(*, organization: Organization) -> Organization:
+    return organization_update(
+        organization=organization, status=Organization.Status.ACTIVE, status_reason=""
+    )
+
+
+@transaction.atomic
+def api_key_create(
+    *,
+    organization: Organization,
+    name: str,
+    user: User | None = None,
+    scopes: Sequence[str] | None = None,
+    expires_in_days: int | None = None,
+    requests_per_minute: int | None = None,
+    tokens_per_minute: int | None = None,
+) -> tuple[APIKey, str]:
+    """Creates a key and returns it with its secret, which is never stored and cannot be shown
+    again."""
+    if user is not None and not Membership.objects.filter(user=user, organization=organization).exists():
+        raise APIError(f"{user.email} is not a member of {organization.slug}.", param="user")
+    if expires_in_days is not None and expires_in_days < 1:
+        raise APIError("expires_in_days must be at least 1.", param="expires_in_days")
+    chosen_scopes = _validated_scopes(scopes)
+    expires_at = timezone.now() + timedelta(days=expires_in_days) if expires_in_days else None
+    for _attempt in range(5):
+        raw_key = keys.generate_key()
+        try:
+            with transaction.atomic():
+                api_key = APIKey.objects.create(
+                    organization=organization,
+                    user=user,
+                    name=name,
+                    prefix=keys.key_prefix(raw_key),
+                    secret_hash=keys.hash_key(raw_key),
+                    scopes=chosen_scopes,
+                    expires_at=expires_at,
+                    requests_per_minute=requests_per_minute,
+                    tokens_per_minute=tokens_per_minute,
+                )
+        except IntegrityError:
+            continue  # prefix collision: astronomically rare, draw another key
+        return api_key, raw_key
+    raise RuntimeError("Could not draw a unique API key prefix.")
+
+
+@transaction.atomic
+def api_key_update(*, api_key: APIKey, **fields: object) -> APIKey:
+    if "scopes" in fields:
+        fields["scopes"] = _validated_scopes(fields["scopes"])  # type: ignore[arg-type]
+    for name, value in fields.items():
+        setattr(api_key, name, value)
+    api_key.save()
+    api_key_cache_invalidate(prefixes=[api_key.prefix])
+    return api_key
+
+
+def api_key_revoke(*, api_key: APIKey) -> APIKey:
+    if api_key.revoked_at is not None:
+        return api_key
+    return api_key_update(api_key=api_key, revoked_at=timezone.now())
+
+
+def api_key_touch(*, api_key_id: int, resolution_seconds: int) -> None:
+    """Records that a key was used, at most once per `resolution_seconds` per key across all
+    processes (a cache add is the gate), so authentication does not write on every request."""
+    if cache.add(f"auth:apikey-used:{api_key_id}", 1, timeout=resolution_seconds):
+        APIKey.objects.filter(pk=api_key_id).update(last_used_at=timezone.now())
+
+
+@transaction.atomic
+def oauth_client_create(
+    *, organization: Organization, name: str, scopes: Sequence[str] | None = None
+) -> tuple[OAuthClient, str, str]:
+    """Creates a client-credentials application for the organization. Returns the client with
+    its id and secret; the secret is stored hashed and cannot be shown again."""
+    application_model = get_application_model()
+    client_secret = secrets.token_urlsafe(32)
+    application = application_model.objects.create(
+        name=name,
+        client_type=application_model.CLIENT_CONFIDENTIAL,
+        authorization_grant_type=application_model.GRANT_CLIENT_CREDENTIALS,
+        client_secret=client_secret,
+    )
+    client = OAuthClient.objects.create(
+        application=application, organization=organization, scopes=_validated_scopes(scopes)
+    )
+    return client, application.client_id, client_secret

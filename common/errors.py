@@ -1,0 +1,134 @@
+"""One error shape for everything under /api/ and /v1/, the one OpenAI clients parse:
+
+    {"error": {"message": str, "type": str, "param": str | None, "code": str | None}}
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse, JsonResponse
+
+logger = logging.getLogger(__name__)
+
+API_PATH_PREFIXES = ("/api/", "/v1/")
+
+TYPES_BY_STATUS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "service_unavailable",
+}
+
+
+def is_api_path(path: str) -> bool:
+    return path.startswith(API_PATH_PREFIXES)
+
+
+def error_body(
+    *, message: str, type: str, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def error_response(
+    *,
+    status: int,
+    message: str,
+    type: str | None = None,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JsonResponse:
+    body = error_body(
+        message=message,
+        type=type or TYPES_BY_STATUS.get(status, "server_error" if status >= 500 else "api_error"),
+        param=param,
+        code=code,
+    )
+    response = JsonResponse(body, status=status)
+    for name, value in (headers or {}).items():
+        response[name] = value
+    return response
+
+
+class APIError(Exception):
+    """Raised by services and views for a failure the caller caused; rendered in the error shape."""
+
+    status = 400
+    type: str | None = None
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        status: int | None = None,
+        type: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code or self.code
+        self.status = status or self.status
+        self.type = type or self.type
+        self.headers = headers or {}
+
+    def to_response(self) -> JsonResponse:
+        return error_response(
+            status=self.status,
+            message=self.message,
+            type=self.type,
+            param=self.param,
+            code=self.code,
+            headers=self.headers,
+        )
+
+
+class NotFound(APIError):
+    status = 404
+    code = "not_found"
+
+
+class ServiceUnavailable(APIError):
+    status = 503
+    code = "service_unavailable"
+
+
+def handler404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    if is_api_path(request.path):
+        return error_response(
+            status=404,
+            message=f"No route matches {request.method} {request.path}.",
+            code="unknown_url",
+        )
+    from django.views.defaults import page_not_found
+
+    return page_not_found(request, exception or Exception("Not found"))
+
+
+def handler500(request: HttpRequest) -> HttpResponse:
+    if is_api_path(request.path):
+        return internal_error_response()
+    from django.views.defaults import server_error
+
+    return server_error(request)
+
+
+def internal_error_response() -> JsonResponse:
+    return error_response(
+        status=500,
+        message="The server had an error while processing your request.",
+        type="server_error",
+        code="internal_error",
+    )

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable
+
+from django.http import HttpRequest, HttpResponse
+
+from common.errors import error_response, internal_error_response, is_api_path
+from common.logging import request_id_var
+from common.metrics import REQUEST_LATENCY, REQUESTS
+
+logger = logging.getLogger("platform.request")
+
+_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+_MESSAGES_BY_STATUS = {
+    400: "The request is malformed.",
+    401: "Authentication is required.",
+    403: "You are not allowed to perform this request.",
+    404: "The requested resource does not exist.",
+    405: "This method is not allowed on this route.",
+    413: "The request body is too large.",
+}
+
+
+class RequestIDMiddleware:
+    """Gives every request an id (the client's X-Request-ID when it is sane), puts it in the
+    logs and on the response, and records Prometheus metrics."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        started = time.perf_counter()
+        incoming = request.headers.get("X-Request-ID", "")
+        request_id = incoming if _SANE_REQUEST_ID.match(incoming) else f"req_{uuid.uuid4().hex}"
+        request.request_id = request_id  # type: ignore[attr-defined]
+        token = request_id_var.set(request_id)
+        try:
+            response = self.get_response(request)
+        finally:
+            request_id_var.reset(token)
+        response["X-Request-ID"] = request_id
+        match = getattr(request, "resolver_match", None)
+        route = match.route if match is not None else "unmatched"
+        elapsed = time.perf_counter() - started
+        REQUESTS.labels(request.method, route, str(response.status_code)).inc()
+        REQUEST_LATENCY.labels(route).observe(elapsed)
+        return response
+
+
+class APIErrorMiddleware:
+    """Under /api/ and /v1/, no HTML error page and no traceback, ever: exceptions become a JSON
+    500 and non-JSON error responses (Django's own 404/405/400 pages) are reshaped."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        if (
+            response.status_code >= 400
+            and is_api_path(request.path)
+            and not response.get("Content-Type", "").startswith("application/json")
+        ):
+            status = response.status_code
+            if status >= 500:
+                return internal_error_response()
+            reshaped = error_response(
+                status=status,
+                message=_MESSAGES_BY_STATUS.get(status, "The request failed."),
+                code="unknown_url" if status == 404 else None,
+            )
+            if "Allow" in response:
+                reshaped["Allow"] = response["Allow"]
+            return reshaped
+        return response
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if not is_api_path(request.path):
+            return None
+        logger.exception("Unhandled error on %s %s", request.method, request.path)
+        return internal_error_response()

@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import csv
+import io
+
+from django.http import HttpResponse
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.context import AuthContext
+from accounts.scopes import USAGE_READ
+from accounts.serializers import MeOutputSerializer
+from usage.selectors import usage_report
+from usage.serializers import UsageQuerySerializer, UsageRowSerializer
+from usage.services import budget_views
+
+
+class MeApi(APIView):
+    """Who the caller is, and every limit and budget that applies to it."""
+
+    required_scope = None
+
+    @extend_schema(tags=["account"], responses=MeOutputSerializer)
+    def get(self, request: Request) -> Response:
+        context: AuthContext = request.auth
+        org, key, user = context.organization, context.api_key, context.user
+        limits = {
+            "organization": {
+                "requests_per_minute": org.requests_per_minute,
+                "tokens_per_minute": org.tokens_per_minute,
+            }
+        }
+        if key is not None:
+            limits["api_key"] = {
+                "requests_per_minute": key.requests_per_minute,
+                "tokens_per_minute": key.tokens_per_minute,
+            }
+        end_user = request.query_params.get("end_user") or None
+        body = {
+            "organization": {"id": org.pk, "slug": org.slug, "name": org.name, "status": org.status},
+            "user": (
+                {"id": user.pk, "email": user.email, "role": context.membership.role if context.membership else None}
+                if user is not None
+                else None
+            ),
+            "api_key": (
+                {"name": key.name, "prefix": key.prefix, "expires_at": key.expires_at} if key is not None else None
+            ),
+            "auth_method": context.method,
+            "scopes": sorted(context.scopes),
+            "limits": limits,
+            "budgets": [vars(view) for view in budget_views(context=context, end_user=end_user)],
+        }
+        return Response(MeOutputSerializer(body).data)
+
+
+class UsageReportApi(APIView):
+    required_scope = USAGE_READ
+
+    @extend_schema(
+        tags=["usage"],
+        parameters=[UsageQuerySerializer],
+        responses=inline_serializer("UsageReport", {"data": UsageRowSerializer(many=True), "group_by": serializers.CharField()}),
+        description="Usage of the caller's organization, one row per group. `format=csv` answers CSV.",
+    )
+    def get(self, request: Request) -> Response | HttpResponse:
+        query = UsageQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        params = query.validated_data
+        context: AuthContext = request.auth
+        rows = usage_report(
+            organization=context.organization, start=params["start"], end=params["end"], group_by=params["group_by"]
+        )
+        if params["format"] == "csv":
+            buffer = io.StringIO()
+            columns = [params["group_by"], "requests", "prompt_tokens", "completion_tokens", "total_tokens"]
+            writer = csv.DictWriter(buffer, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+            response = HttpResponse(buffer.getvalue(), content_type="text/csv")
+            response["Content-Disposition"] = (
+                f'attachment; filename="usage-{context.organization.slug}-{params["start"]}-{params["end"]}.csv"'
+            )
+            return response
+        return Response({"object": "list", "group_by": params["group_by"], "data": rows})
+
+
