@@ -35,10 +35,12 @@ def _validated_scopes(scopes: Iterable[str] | None) -> list[str]:
 
 
 def api_key_cache_invalidate(*, prefixes: Iterable[str]) -> None:
-    """Deletes cached key lookups once the surrounding transaction commits, so that the next
-    request in any process reads the new state."""
+    """Deletes cached key lookups now and again once the surrounding transaction commits (a
+    concurrent request may have cached the old row in between), so that the next request in
+    any process reads the new state."""
     cache_keys = [api_key_cache_key(prefix) for prefix in prefixes]
     if cache_keys:
+        cache.delete_many(cache_keys)
         transaction.on_commit(lambda: cache.delete_many(cache_keys))
 
 

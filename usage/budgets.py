@@ -53,6 +53,7 @@ def budget_set(
                 defaults={"token_budget": tokens, **({"budget_period": period} if period else {})},
             )
         cache_key = f"quota:enduser:{organization.pk}:{end_user}"
+        cache.delete(cache_key)
         transaction.on_commit(lambda: cache.delete(cache_key))
         return f"end user {end_user}: {tokens} tokens"
     organization_update(

@@ -3,8 +3,19 @@ set (as CI does), on SQLite and local memory otherwise."""
 
 from __future__ import annotations
 
-from .base import *  # noqa: F403
-from .base import SECRET_KEY
+import os
+import uuid
 
-SECRET_KEY = SECRET_KEY or "test-only-secret-key"
+from .base import *  # noqa: F403
+from .base import CACHES, SECRET_KEY, VAR_DIR
+
+SECRET_KEY = SECRET_KEY or "test-only-secret-key-that-is-long-enough-for-hmac-sha256"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+# Each test run has its own namespace in the shared Redis, inherited by the servers and workers
+# the tests start, so runs never see each other's counters.
+CACHE_KEY_PREFIX = os.environ.setdefault("CACHE_KEY_PREFIX", f"test-{uuid.uuid4().hex[:8]}")
+if "KEY_PREFIX" in CACHES["default"]:
+    CACHES["default"]["KEY_PREFIX"] = CACHE_KEY_PREFIX
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+(VAR_DIR / "static").mkdir(exist_ok=True)

@@ -1,0 +1,46 @@
+# Two commands: `make run` serves the platform, `make test` runs the whole suite.
+# Both create the virtual environment and install what they need on first use.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: run test lint typecheck bench venv install install-dev clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed-prod: requirements/base.txt requirements/prod.txt requirements/constraints.txt | $(PY)
+	$(PY) -m pip install --quiet -r requirements/prod.txt
+	$(PY) platform/pathhook.py >/dev/null
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed-prod requirements/dev.txt
+	$(PY) -m pip install --quiet -r requirements/dev.txt
+	touch $@
+
+venv install: $(VENV)/.installed-prod
+install-dev: $(VENV)/.installed-dev
+
+run: $(VENV)/.installed-prod
+	DJANGO_SETTINGS_MODULE=platform.settings.development $(PY) manage.py migrate --noinput
+	DJANGO_SETTINGS_MODULE=platform.settings.development $(PY) manage.py bootstrap_demo --base-url http://$(HOST):$(PORT)
+	DJANGO_SETTINGS_MODULE=platform.settings.development LLM_WARMUP=1 \
+		$(VENV)/bin/gunicorn platform.wsgi:application --config platform/gunicorn.conf.py \
+		--bind $(HOST):$(PORT) --workers 1
+
+test: $(VENV)/.installed-dev
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy .
+
+bench: $(VENV)/.installed-dev
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) var
