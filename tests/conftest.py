@@ -90,3 +90,118 @@ def assert_error_shape(response: Any, *, status: int, code: str | None = None) -
     if code is not None:
         assert body["error"]["code"] == code, body
     return body["error"]
+
+
+# --- Servers started by the tests -----------------------------------------------------------
+
+import os  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import urllib.request  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except urllib.error.HTTPError:
+            return  # it answers
+        except OSError:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited with {process.returncode}") from None
+            if time.monotonic() > deadline:
+                raise TimeoutError(url) from None
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def fake_upstream() -> Iterator[str]:
+    """The benchmark's OpenAI-compatible upstream, as a real HTTP server."""
+    port = free_port()
+    process = subprocess.Popen(
+        [str(BIN / "uvicorn"), "bench.fake_upstream:app", "--port", str(port), "--log-level", "warning"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/v1/models", process)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture
+def openai_backend(settings: Any, fake_upstream: str) -> Iterator[str]:
+    """The gateway's engine pointed at the fake upstream (the openai backend)."""
+    from inference import services as inference_services
+
+    settings.LLM_BACKEND = "openai"
+    settings.LLM_MODEL = "fake-model"
+    settings.LLM_BASE_URL = fake_upstream
+    settings.LLM_MAX_RETRIES = 0
+    previous = inference_services._handler
+    inference_services._handler = None
+    yield fake_upstream
+    if inference_services._handler is not None:
+        inference_services._handler.shutdown()
+    inference_services._handler = previous
+
+
+def server_env(**extra: str) -> dict[str, str]:
+    """The environment of a server or worker the tests start: the test settings, the test
+    database, and the engine configuration the test has set."""
+    from django.conf import settings as django_settings
+    from django.db import connection
+
+    env = {key: value for key, value in os.environ.items() if key != "DJANGO_SETTINGS_MODULE"}
+    env["DJANGO_SETTINGS_MODULE"] = "platform.settings.test"
+    if os.environ.get("DATABASE_URL"):
+        # pytest-django renamed the database to its test database.
+        env["DATABASE_URL"] = os.environ["DATABASE_URL"].rsplit("/", 1)[0] + "/" + connection.settings_dict["NAME"]
+    else:
+        env["DATABASE_URL"] = f"sqlite:///{connection.settings_dict['NAME']}"
+    for name in ("LLM_BACKEND", "LLM_MODEL", "LLM_BASE_URL", "LLM_MAX_RETRIES"):
+        env[name] = str(getattr(django_settings, name))
+    return {**env, **extra}
+
+
+@pytest.fixture
+def eager_tasks() -> Iterator[None]:
+    """Runs Celery tasks in the calling process, as the embedded default does."""
+    from platform.celery import app
+
+    previous = app.conf.task_always_eager
+    app.conf.task_always_eager = True
+    yield
+    app.conf.task_always_eager = previous
+
+
+@pytest.fixture
+def celery_worker_process() -> Iterator[subprocess.Popen]:
+    """A real Celery worker (the Procfile's command) on the configured Redis broker."""
+    from django.conf import settings as django_settings
+
+    if not django_settings.CELERY_BROKER_URL:
+        pytest.skip("needs a broker: set REDIS_URL (CI does)")
+    process = subprocess.Popen(
+        [str(BIN / "celery"), "-A", "platform.celery:app", "worker", "--loglevel", "WARNING", "--concurrency", "1",
+         "--pool", "prefork", "--without-heartbeat", "--without-mingle", "--without-gossip"],
+        cwd=ROOT, env=server_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    yield process
+    process.terminate()
+    process.wait(timeout=30)

@@ -122,6 +122,8 @@ CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A task whose worker died is redelivered after this long (acks_late): longer than any task runs.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=1800)}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -240,3 +242,18 @@ CELERY_BEAT_SCHEDULE = {
     "flush-usage": {"task": "usage.flush_stream", "schedule": env.float("USAGE_FLUSH_SECONDS", default=2.0)},
     "expire-reservations": {"task": "usage.expire_reservations", "schedule": 30.0},
 }
+
+# Inference. The default model is the small one the repository trains and ships.
+LLM_BACKEND = env.str("LLM_BACKEND", default="local")
+LLM_MODEL = env.str("LLM_MODEL", default=str(BASE_DIR / "inference" / "default_model"))
+LLM_SERVED_MODEL_NAME = env.str("LLM_SERVED_MODEL_NAME", default="")
+LLM_BASE_URL = env.str("LLM_BASE_URL", default="")
+LLM_API_KEY = env.str("LLM_API_KEY", default="")
+LLM_DEVICE = env.str("LLM_DEVICE", default="auto")
+LLM_MAX_BATCH_SIZE = env.int("LLM_MAX_BATCH_SIZE", default=32)
+LLM_TORCH_THREADS = env.int("LLM_TORCH_THREADS", default=0)
+LLM_LOAD_TIMEOUT_SECONDS = env.float("LLM_LOAD_TIMEOUT_SECONDS", default=120.0)
+LLM_REQUEST_TIMEOUT_SECONDS = env.float("LLM_REQUEST_TIMEOUT_SECONDS", default=300.0)
+LLM_MAX_RETRIES = env.int("LLM_MAX_RETRIES", default=2)
+LLM_WARMUP = env.bool("LLM_WARMUP", default=False)
+EMBEDDING_MODEL = env.str("EMBEDDING_MODEL", default="")

@@ -1,0 +1,531 @@
+"""Local Hugging Face backend: one scheduler thread runs continuous batching.
+
+Every decode step feeds one token per running sequence through a single forward pass. New
+requests are prefilled between steps (left-padded together) and their KV cache is merged into
+the running batch; finished and cancelled rows are dropped. Rows are left-padded to a common
+cache length, so each row carries its own attention mask and position ids.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from inference.engine.stream import GenerationStream
+from inference.engine.types import (
+    EngineUnavailable,
+    GenerationRequest,
+    GenerationResult,
+    ModelLoadError,
+    ModelNotFound,
+    SamplingParams,
+    StreamChunk,
+    ensure_fits_context,
+)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_dtype(dtype: str, *, device: str) -> torch.dtype:
+    if dtype != "auto":
+        if dtype not in _DTYPES:
+            raise ModelLoadError(f"unsupported dtype {dtype!r}; use one of {sorted(_DTYPES)}")
+        return _DTYPES[dtype]
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    # Half precision matmuls are slow on most CPUs.
+    return torch.float32
+
+
+def render_prompt(*, request: GenerationRequest, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    if request.messages is None:
+        assert request.prompt is not None
+        ids = tokenizer.encode(request.prompt, add_special_tokens=True)
+    elif tokenizer.chat_template:
+        text = tokenizer.apply_chat_template(
+            list(request.messages), add_generation_prompt=True, tokenize=False
+        )
+        # The template already spells out the special tokens it wants.
+        ids = tokenizer.encode(text, add_special_tokens=False)
+    else:
+        text = "".join(f"{m['role']}: {m['content']}\n" for m in request.messages) + "assistant:"
+        ids = tokenizer.encode(text, add_special_tokens=True)
+    if not ids:
+        # An empty prompt still needs one position to predict from.
+        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        ids = [start] if start is not None else [0]
+    return list(ids)
+
+
+def decode_tokens(tokenizer: PreTrainedTokenizerBase, token_ids: Sequence[int]) -> str:
+    # No clean-up: it rewrites spaces around punctuation, which would break incremental decoding.
+    return str(
+        tokenizer.decode(
+            list(token_ids), skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )
+    )
+
+
+def sample_next_tokens(
+    *, logits: torch.Tensor, params: Sequence[SamplingParams], generators: Sequence[torch.Generator]
+) -> list[int]:
+    """Pick one token per row of float32 `logits` [rows, vocab].
+
+    Mirrors transformers' generate() (temperature, then top-p, softmax, multinomial) row by row,
+    each row drawing from its own generator, so that a seeded request gives the same tokens alone,
+    in any batch, and under generate() with torch.manual_seed(seed).
+    """
+    picked = []
+    for row, (p, generator) in enumerate(zip(params, generators)):
+        scores = logits[row : row + 1]
+        if p.temperature == 0:
+            picked.append(scores.argmax(dim=-1))
+            continue
+        if p.temperature != 1.0:
+            scores = scores / p.temperature
+        if p.top_p < 1.0:
+            scores = _top_p_filter(scores, top_p=p.top_p)
+        probs = F.softmax(scores, dim=-1)
+        picked.append(torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1))
+    return [int(t) for t in torch.cat(picked).tolist()]
+
+
+def _top_p_filter(scores: torch.Tensor, *, top_p: float) -> torch.Tensor:
+    sorted_scores, sorted_indices = torch.sort(scores, descending=False)
+    cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+    remove_sorted = cumulative <= (1 - top_p)
+    remove_sorted[..., -1:] = False  # always keep the most likely token
+    remove = remove_sorted.scatter(1, sorted_indices, remove_sorted)
+    return scores.masked_fill(remove, -float("inf"))
+
+
+class _Sequence:
+    """One request's generation state; the scheduler thread is its only writer."""
+
+    def __init__(
+        self,
+        *,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        model_name: str,
+        device: str,
+        tokenizer: PreTrainedTokenizerBase,
+        tokenizer_lock: threading.Lock,
+        retire: Callable[[_Sequence], None],
+    ) -> None:
+        self.prompt_ids = prompt_ids
+        self.params = params
+        self.generator = torch.Generator(device=device)
+        if params.seed is None:
+            self.generator.seed()
+        else:
+            self.generator.manual_seed(params.seed)
+        self.cancelled = False
+        self.finish_reason: str | None = None
+        self._model_name = model_name
+        self._tokenizer = tokenizer
+        self._tokenizer_lock = tokenizer_lock
+        self._retire = retire
+        self._events: queue.SimpleQueue[StreamChunk | GenerationResult | Exception] = (
+            queue.SimpleQueue()
+        )
+        self._completion_tokens = 0
+        self._token_ids: list[int] = []  # the completion's tokens without the final EOS
+        self._text = ""
+        self._emitted = 0
+        # Incremental detokenization offsets: text is decoded from a short window of tokens and
+        # only extended once it no longer ends in an incomplete UTF-8 sequence.
+        self._prefix_offset = 0
+        self._read_offset = 0
+
+    # Consumer side (any thread).
+
+    def next_event(self) -> StreamChunk | GenerationResult:
+        event = self._events.get()
+        if isinstance(event, Exception):
+            raise event
+        return event
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self._retire(self)
+
+    def partial_result(self) -> GenerationResult:
+        return GenerationResult(
+            text=self._text[: self._emitted],
+            prompt_tokens=len(self.prompt_ids),
+            completion_tokens=self._completion_tokens,
+            finish_reason=self.finish_reason or "cancelled",
+            model=self._model_name,
+        )
+
+    # Scheduler side.
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None or self.cancelled
+
+    def accept(self, token_id: int, *, eos_ids: frozenset[int]) -> None:
+        self._completion_tokens += 1
+        if token_id in eos_ids:
+            self._finish("stop")
+            return
+        self._token_ids.append(token_id)
+        old_length = len(self._text)
+        self._text += self._decode_delta()
+        stops = self.params.stop
+        if stops:
+            search_from = max(0, old_length - max(len(s) for s in stops) + 1)
+            hits = [i for i in (self._text.find(s, search_from) for s in stops) if i >= 0]
+            if hits:
+                self._text = self._text[: min(hits)]
+                self._finish("stop", flush=False)
+                return
+        if self._completion_tokens >= self.params.max_tokens:
+            self._finish("length")
+            return
+        self._emit(len(self._text) - _stop_prefix_length(self._text, stops))
+
+    def fail(self, error: Exception) -> None:
+        self.finish_reason = "error"
+        self._retire(self)
+        self._events.put(error)
+
+    def _finish(self, reason: str, *, flush: bool = True) -> None:
+        if flush:
+            self._text += self._decode_rest()
+        self.finish_reason = reason
+        self._retire(self)
+        self._emit(len(self._text))
+        self._events.put(
+            GenerationResult(
+                text=self._text,
+                prompt_tokens=len(self.prompt_ids),
+                completion_tokens=self._completion_tokens,
+                finish_reason=reason,
+                model=self._model_name,
+            )
+        )
+
+    def _emit(self, end: int) -> None:
+        if end > self._emitted:
+            self._events.put(StreamChunk(text=self._text[self._emitted : end]))
+            self._emitted = end
+
+    def _decode_delta(self) -> str:
+        with self._tokenizer_lock:
+            seen = decode_tokens(self._tokenizer, self._token_ids[self._prefix_offset : self._read_offset])
+            current = decode_tokens(self._tokenizer, self._token_ids[self._prefix_offset :])
+        if len(current) > len(seen) and not current.endswith("\ufffd"):
+            self._prefix_offset = self._read_offset
+            self._read_offset = len(self._token_ids)
+            return current[len(seen) :]
+        return ""
+
+    def _decode_rest(self) -> str:
+        with self._tokenizer_lock:
+            seen = decode_tokens(self._tokenizer, self._token_ids[self._prefix_offset : self._read_offset])
+            current = decode_tokens(self._tokenizer, self._token_ids[self._prefix_offset :])
+        return current[len(seen) :]
+
+
+def _stop_prefix_length(text: str, stops: Sequence[str]) -> int:
+    """Length of the longest tail of `text` that could still grow into a stop string."""
+    longest = min(len(text), max((len(s) for s in stops), default=1) - 1)
+    for length in range(longest, 0, -1):
+        tail = text[-length:]
+        if any(s.startswith(tail) for s in stops):
+            return length
+    return 0
+
+
+@dataclass
+class _Batch:
+    """Running rows, left-padded to a common KV length."""
+
+    seqs: list[_Sequence]
+    cache: DynamicCache
+    mask: torch.Tensor  # [rows, kv_length], 1 for real tokens
+    positions: torch.Tensor  # [rows], position id of the next token to feed
+    next_tokens: torch.Tensor  # [rows], sampled but not yet fed
+
+    def merged(self, other: _Batch) -> _Batch:
+        length = max(self.mask.shape[1], other.mask.shape[1])
+        for mine, theirs in zip(self.cache.layers, other.cache.layers):
+            mine.keys = torch.cat([_pad_left(mine.keys, length), _pad_left(theirs.keys, length)])
+            mine.values = torch.cat(
+                [_pad_left(mine.values, length), _pad_left(theirs.values, length)]
+            )
+        return _Batch(
+            seqs=self.seqs + other.seqs,
+            cache=self.cache,
+            mask=torch.cat([_pad_left(self.mask, length), _pad_left(other.mask, length)]),
+            positions=torch.cat([self.positions, other.positions]),
+            next_tokens=torch.cat([self.next_tokens, other.next_tokens]),
+        )
+
+    def select(self, rows: list[int]) -> _Batch:
+        index = torch.tensor(rows, device=self.mask.device)
+        mask = self.mask.index_select(0, index)
+        # Columns that are padding in every remaining row carry no information.
+        start = int(mask.any(dim=0).int().argmax())
+        for layer in self.cache.layers:
+            layer.keys = layer.keys.index_select(0, index)[:, :, start:]
+            layer.values = layer.values.index_select(0, index)[:, :, start:]
+        return _Batch(
+            seqs=[self.seqs[r] for r in rows],
+            cache=self.cache,
+            mask=mask[:, start:],
+            positions=self.positions.index_select(0, index),
+            next_tokens=self.next_tokens.index_select(0, index),
+        )
+
+
+def _pad_left(tensor: torch.Tensor, length: int) -> torch.Tensor:
+    """Zero-pad dimension 1 (masks) or -2 (KV tensors) on the left up to `length`."""
+    missing = length - (tensor.shape[1] if tensor.dim() == 2 else tensor.shape[-2])
+    if missing == 0:
+        return tensor
+    padding = (missing, 0) if tensor.dim() == 2 else (0, 0, missing, 0)
+    return F.pad(tensor, padding)
+
+
+class LocalBackend:
+    """Loads the model on construction (blocking) and starts the scheduler thread."""
+
+    kind = "local"
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        served_name: str,
+        device: str,
+        dtype: str,
+        max_batch_size: int,
+        torch_threads: int,
+    ) -> None:
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        self.model_name = served_name
+        self.device = resolve_device(device)
+        self.max_batch_size = max_batch_size
+        torch_dtype = resolve_dtype(dtype, device=self.device)
+        try:
+            self._tokenizer = AutoTokenizer.from_pretrained(model, local_files_only=True)
+            self._model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
+                model, local_files_only=True, dtype=torch_dtype
+            )
+        except OSError as exc:
+            raise ModelNotFound(f"no local model at {model!r}: {exc}") from exc
+        except Exception as exc:
+            raise ModelLoadError(f"could not load {model!r}: {exc}") from exc
+        self._model.to(self.device).eval()
+        self._eos_ids = _eos_token_ids(self._model, self._tokenizer)
+        self._context_length = _context_length(self._model, self._tokenizer)
+        self._tokenizer_lock = threading.Lock()
+        self._cv = threading.Condition()
+        self._waiting: deque[_Sequence] = deque()
+        self._active: set[_Sequence] = set()  # admitted to the batch and not done
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="llm-scheduler", daemon=True)
+        self._thread.start()
+
+    # Request side.
+
+    def count_tokens(self, text: str) -> int:
+        with self._tokenizer_lock:
+            return len(self._tokenizer.encode(text, add_special_tokens=False))
+
+    def count_prompt_tokens(self, request: GenerationRequest) -> int:
+        with self._tokenizer_lock:
+            return len(render_prompt(request=request, tokenizer=self._tokenizer))
+
+    def context_length(self) -> int | None:
+        return self._context_length
+
+    def load(self) -> tuple[int, int]:
+        """(active, queued) request counts."""
+        with self._cv:
+            return len(self._active), len(self._waiting)
+
+    def generate(self, request: GenerationRequest) -> GenerationResult:
+        for event in self.start(request):
+            if isinstance(event, GenerationResult):
+                return event
+        raise AssertionError("a generation stream always ends with its result")
+
+    def start(self, request: GenerationRequest) -> GenerationStream:
+        with self._tokenizer_lock:
+            prompt_ids = render_prompt(request=request, tokenizer=self._tokenizer)
+        ensure_fits_context(
+            prompt_tokens=len(prompt_ids),
+            max_tokens=request.params.max_tokens,
+            context_length=self._context_length,
+        )
+        seq = _Sequence(
+            prompt_ids=prompt_ids,
+            params=request.params,
+            model_name=self.model_name,
+            device=self.device,
+            tokenizer=self._tokenizer,
+            tokenizer_lock=self._tokenizer_lock,
+            retire=self._retire,
+        )
+        with self._cv:
+            if self._stopping:
+                raise EngineUnavailable("the engine is shut down")
+            self._waiting.append(seq)
+            self._cv.notify()
+        return GenerationStream(seq)
+
+    def shutdown(self) -> None:
+        with self._cv:
+            self._stopping = True
+            self._cv.notify()
+        self._thread.join()
+
+    def _retire(self, seq: _Sequence) -> None:
+        """Forget a finished, failed or cancelled sequence, so that it stops counting as a load."""
+        with self._cv:
+            self._active.discard(seq)
+            if seq in self._waiting:
+                self._waiting.remove(seq)
+            self._cv.notify()
+
+    # Scheduler thread.
+
+    def _run(self) -> None:
+        batch: _Batch | None = None
+        while True:
+            with self._cv:
+                while not self._stopping and not self._waiting and batch is None:
+                    self._cv.wait()
+                if self._stopping:
+                    break
+                admitted: list[_Sequence] = []
+                while self._waiting and len(self._active) < self.max_batch_size:
+                    admitted.append(self._waiting.popleft())
+                    self._active.add(admitted[-1])
+            batch = self._step(batch, admitted)
+        error = EngineUnavailable("the engine is shut down")
+        with self._cv:
+            pending = list(self._waiting) + list(self._active)
+        for seq in pending:
+            seq.fail(error)
+
+    def _step(self, batch: _Batch | None, admitted: list[_Sequence]) -> _Batch | None:
+        """Prefill `admitted`, merge them in, and run one decode step; errors fail only the
+        requests they touched, so the thread keeps serving."""
+        new_rows = None
+        if admitted:
+            try:
+                with torch.inference_mode():
+                    new_rows = self._prefill(admitted)
+            except Exception as exc:
+                for seq in admitted:
+                    seq.fail(exc)
+        try:
+            with torch.inference_mode():
+                if new_rows is not None:
+                    batch = batch.merged(new_rows) if batch else new_rows
+                if batch is None:
+                    return None
+                live = [row for row, seq in enumerate(batch.seqs) if not seq.done]
+                if not live:
+                    return None
+                if len(live) < len(batch.seqs):
+                    batch = batch.select(live)
+                self._decode(batch)
+                return batch
+        except Exception as exc:
+            for seq in batch.seqs if batch else []:
+                if not seq.done:
+                    seq.fail(exc)
+            return None
+
+    def _prefill(self, seqs: list[_Sequence]) -> _Batch:
+        length = max(len(s.prompt_ids) for s in seqs)
+        ids = torch.zeros((len(seqs), length), dtype=torch.long)
+        mask = torch.zeros((len(seqs), length), dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            ids[row, length - len(seq.prompt_ids) :] = torch.tensor(seq.prompt_ids)
+            mask[row, length - len(seq.prompt_ids) :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        cache = DynamicCache()
+        out = self._model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=(mask.cumsum(dim=1) - 1).clamp(min=0),
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        tokens = self._sample(out.logits[:, -1], seqs)
+        return _Batch(
+            seqs=seqs,
+            cache=cache,
+            mask=mask,
+            positions=mask.sum(dim=1),
+            next_tokens=torch.tensor(tokens, device=self.device),
+        )
+
+    def _decode(self, batch: _Batch) -> None:
+        ones = torch.ones((len(batch.seqs), 1), dtype=batch.mask.dtype, device=self.device)
+        batch.mask = torch.cat([batch.mask, ones], dim=1)
+        out = self._model(
+            input_ids=batch.next_tokens[:, None],
+            attention_mask=batch.mask,
+            position_ids=batch.positions[:, None],
+            cache=batch.cache,
+            use_cache=True,
+        )
+        batch.positions = batch.positions + 1
+        tokens = self._sample(out.logits[:, -1], batch.seqs)
+        batch.next_tokens = torch.tensor(tokens, device=self.device)
+
+    def _sample(self, logits: torch.Tensor, seqs: list[_Sequence]) -> list[int]:
+        tokens = sample_next_tokens(
+            logits=logits.float(),
+            params=[s.params for s in seqs],
+            generators=[s.generator for s in seqs],
+        )
+        for seq, token in zip(seqs, tokens):
+            if not seq.cancelled:
+                seq.accept(token, eos_ids=self._eos_ids)
+        return tokens
+
+
+def _eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
+    ids: set[int] = set()
+    configured = model.generation_config.eos_token_id if model.generation_config else None
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured:
+        ids.update(configured)
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return frozenset(ids)
+
+
+def _context_length(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int | None:
+    length = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    if isinstance(length, int):
+        return length
+    # Tokenizers without a known limit report a huge sentinel value.
+    model_max = tokenizer.model_max_length
+    return model_max if isinstance(model_max, int) and model_max < 1_000_000 else None

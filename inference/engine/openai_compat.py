@@ -1,0 +1,253 @@
+"""Backend that forwards requests to an OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+
+from inference.engine.stream import GenerationStream
+from inference.engine.tokens import tiktoken_encoding
+from inference.engine.types import (
+    GenerationRequest,
+    GenerationResult,
+    StreamChunk,
+    UpstreamError,
+)
+
+
+class OpenAIBackend:
+    kind = "openai"
+    device = "remote"
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_key: str,
+        model: str,
+        served_name: str,
+        request_timeout_s: float,
+        max_retries: int,
+        retry_backoff_s: float,
+    ) -> None:
+        if not base_url:
+            raise ValueError("the openai backend needs a base_url")
+        self.model_name = served_name
+        self._upstream_model = model
+        self._max_retries = max_retries
+        self._retry_backoff_s = retry_backoff_s
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.Client(
+            base_url=base_url, headers=headers, timeout=httpx.Timeout(request_timeout_s)
+        )
+        self._lock = threading.Lock()
+        self._active = 0
+
+    def count_tokens(self, text: str) -> int:
+        return len(tiktoken_encoding().encode(text, disallowed_special=()))
+
+    def count_prompt_tokens(self, request: GenerationRequest) -> int:
+        if request.messages is None:
+            return self.count_tokens(request.prompt or "")
+        # OpenAI's published accounting for chat models: each message is wrapped in 3 tokens,
+        # and 3 more prime the assistant's reply.
+        return 3 + sum(
+            3 + self.count_tokens(m.get("role", "")) + self.count_tokens(m.get("content", ""))
+            for m in request.messages
+        )
+
+    def context_length(self) -> int | None:
+        return None
+
+    def load(self) -> tuple[int, int]:
+        with self._lock:
+            return self._active, 0
+
+    def generate(self, request: GenerationRequest) -> GenerationResult:
+        is_chat = request.messages is not None
+        with self._tracked():
+            response = self._send(request, stream=False)
+            try:
+                body = response.json()
+                choice = body["choices"][0]
+                text = choice["message"]["content"] if is_chat else choice["text"]
+            except (ValueError, KeyError, IndexError, TypeError) as exc:
+                raise UpstreamError(
+                    f"malformed upstream response: {exc}", status_code=response.status_code
+                ) from exc
+        return self._result(
+            request=request,
+            text=text or "",
+            finish_reason=choice.get("finish_reason"),
+            usage=body.get("usage"),
+        )
+
+    def start(self, request: GenerationRequest) -> GenerationStream:
+        return GenerationStream(_UpstreamStream(backend=self, request=request))
+
+    def shutdown(self) -> None:
+        self._client.close()
+
+    def _send(self, request: GenerationRequest, *, stream: bool) -> httpx.Response:
+        """POST the request, retrying connection failures and 5xx answers with exponential
+        backoff. Streams are only retried before their body starts."""
+        path, payload = self._payload(request, stream=stream)
+        http_request = self._client.build_request("POST", path, json=payload)
+        error = UpstreamError("no attempt made")
+        for attempt in range(self._max_retries + 1):
+            if attempt:
+                time.sleep(self._retry_backoff_s * 2 ** (attempt - 1))
+            try:
+                response = self._client.send(http_request, stream=stream)
+            except httpx.TransportError as exc:
+                error = UpstreamError(f"upstream request failed: {exc!r}")
+                continue
+            if response.is_success:
+                return response
+            error = _status_error(response)
+            if response.status_code < 500:
+                raise error
+        raise error
+
+    def _payload(self, request: GenerationRequest, *, stream: bool) -> tuple[str, dict[str, Any]]:
+        params = request.params
+        payload: dict[str, Any] = {
+            "model": self._upstream_model,
+            "max_tokens": params.max_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "stream": stream,
+        }
+        if params.stop:
+            payload["stop"] = list(params.stop)
+        if params.seed is not None:
+            payload["seed"] = params.seed
+        if stream:
+            payload["stream_options"] = {"include_usage": True}
+        if request.messages is not None:
+            payload["messages"] = list(request.messages)
+            return "/chat/completions", payload
+        payload["prompt"] = request.prompt
+        return "/completions", payload
+
+    def _result(
+        self,
+        *,
+        request: GenerationRequest,
+        text: str,
+        finish_reason: str | None,
+        usage: dict[str, Any] | None,
+    ) -> GenerationResult:
+        usage = usage or {}
+        prompt_tokens = usage.get("prompt_tokens")
+        completion_tokens = usage.get("completion_tokens")
+        return GenerationResult(
+            text=text,
+            prompt_tokens=(
+                prompt_tokens
+                if isinstance(prompt_tokens, int)
+                else self.count_prompt_tokens(request)
+            ),
+            completion_tokens=(
+                completion_tokens if isinstance(completion_tokens, int) else self.count_tokens(text)
+            ),
+            finish_reason="length" if finish_reason == "length" else "stop",
+            model=self.model_name,
+        )
+
+    @contextlib.contextmanager
+    def _tracked(self) -> Iterator[None]:
+        with self._lock:
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._active -= 1
+
+
+class _UpstreamStream:
+    """Passes an upstream server-sent-event stream through as StreamChunks."""
+
+    def __init__(self, *, backend: OpenAIBackend, request: GenerationRequest) -> None:
+        self._backend = backend
+        self._request = request
+        self._text_parts: list[str] = []
+        self._cancelled = False
+        self._events = self._generate()
+
+    def next_event(self) -> StreamChunk | GenerationResult:
+        return next(self._events)
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        try:
+            self._events.close()
+        except ValueError:
+            # Running in another thread right now; it stops at the next upstream event.
+            pass
+
+    def partial_result(self) -> GenerationResult:
+        text = "".join(self._text_parts)
+        return GenerationResult(
+            text=text,
+            prompt_tokens=self._backend.count_prompt_tokens(self._request),
+            completion_tokens=self._backend.count_tokens(text),
+            finish_reason="cancelled",
+            model=self._backend.model_name,
+        )
+
+    def _generate(self) -> Iterator[StreamChunk | GenerationResult]:
+        is_chat = self._request.messages is not None
+        finish_reason = None
+        usage = None
+        with self._backend._tracked():
+            response = self._backend._send(self._request, stream=True)
+            try:
+                for data in _sse_data(response):
+                    if self._cancelled:
+                        return
+                    usage = data.get("usage") or usage
+                    for choice in data.get("choices") or []:
+                        finish_reason = choice.get("finish_reason") or finish_reason
+                        piece = (choice.get("delta") or {}).get("content") if is_chat else choice.get("text")
+                        if piece:
+                            self._text_parts.append(piece)
+                            yield StreamChunk(text=piece)
+            except httpx.HTTPError as exc:
+                raise UpstreamError(f"upstream stream broke off: {exc!r}") from exc
+            finally:
+                response.close()
+        yield self._backend._result(
+            request=self._request,
+            text="".join(self._text_parts),
+            finish_reason=finish_reason,
+            usage=usage,
+        )
+
+
+def _sse_data(response: httpx.Response) -> Iterator[dict[str, Any]]:
+    for line in response.iter_lines():
+        if not line.startswith("data:"):
+            continue
+        data = line[len("data:") :].strip()
+        if data == "[DONE]":
+            return
+        try:
+            yield json.loads(data)
+        except ValueError as exc:
+            raise UpstreamError(f"malformed upstream stream event: {data[:200]!r}") from exc
+
+
+def _status_error(response: httpx.Response) -> UpstreamError:
+    body = response.read().decode("utf-8", errors="replace")
+    response.close()
+    return UpstreamError(
+        f"upstream answered {response.status_code}: {body[:500]}", status_code=response.status_code
+    )

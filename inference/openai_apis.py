@@ -1,0 +1,170 @@
+"""OpenAI-compatible routes under /v1/, so that OpenAI clients and SDKs work unchanged."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from django.http import StreamingHttpResponse
+from drf_spectacular.utils import extend_schema
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.scopes import GENERATE
+from inference import openai_format
+from inference.apis import sse_response, stream_error_event
+from inference.serializers import (
+    ChatCompletionInputSerializer,
+    CompletionInputSerializer,
+    EmbeddingInputSerializer,
+    OpenAIInputSerializer,
+)
+from inference.services import (
+    GenerationOutcome,
+    GenerationSession,
+    ModelNotFoundError,
+    embedding_model_name,
+    embeddings_create,
+    generation_run,
+    generation_stream_open,
+    model_name,
+)
+
+
+def _openai_stream(
+    session: GenerationSession,
+    *,
+    chunk: Callable[..., dict[str, Any]],
+    first: dict[str, Any] | None,
+    include_usage: bool,
+    id: str,
+    model: str,
+) -> Iterator[bytes]:
+    try:
+        if first is not None:
+            yield openai_format.sse(chunk(id=id, model=model, **first))
+        for event in session.events():
+            if isinstance(event, GenerationOutcome):
+                yield openai_format.sse(chunk(id=id, model=model, **_final(chunk, event)))
+                if include_usage:
+                    usage = openai_format.usage(event.prompt_tokens, event.completion_tokens)
+                    yield openai_format.sse(chunk(id=id, model=model, **_empty(chunk), usage_body=usage))
+            else:
+                yield openai_format.sse(chunk(id=id, model=model, **_delta(chunk, event)))
+    except Exception as exc:
+        yield stream_error_event(exc)
+    yield openai_format.sse("[DONE]")
+
+
+def _delta(chunk: Callable[..., Any], text: str) -> dict[str, Any]:
+    return {"delta": {"content": text}} if chunk is openai_format.chat_chunk else {"text": text}
+
+
+def _final(chunk: Callable[..., Any], outcome: GenerationOutcome) -> dict[str, Any]:
+    if chunk is openai_format.chat_chunk:
+        return {"delta": {}, "finish_reason": outcome.finish_reason}
+    return {"text": "", "finish_reason": outcome.finish_reason}
+
+
+def _empty(chunk: Callable[..., Any]) -> dict[str, Any]:
+    return {"delta": None} if chunk is openai_format.chat_chunk else {"text": None}
+
+
+class _CompletionsBase(APIView):
+    required_scope = GENERATE
+    serializer_class: type[OpenAIInputSerializer]
+    endpoint: str
+
+    def post(self, request: Request) -> Response | StreamingHttpResponse:
+        serializer = self.serializer_class(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        spec = serializer.to_spec()  # type: ignore[attr-defined]
+        request_id = request._request.request_id  # type: ignore[attr-defined]
+        is_chat = self.endpoint == "chat.completions"
+        completion_id = openai_format.new_id("chatcmpl" if is_chat else "cmpl")
+        if serializer.validated_data["stream"]:
+            session = generation_stream_open(context=request.auth, spec=spec, request_id=request_id, endpoint=self.endpoint)
+            events = _openai_stream(
+                session,
+                chunk=openai_format.chat_chunk if is_chat else openai_format.completion_chunk,
+                first={"delta": {"role": "assistant", "content": ""}} if is_chat else None,
+                include_usage=serializer.include_usage,
+                id=completion_id,
+                model=model_name(),
+            )
+            return sse_response(events)
+        outcome = generation_run(context=request.auth, spec=spec, request_id=request_id, endpoint=self.endpoint)
+        build = openai_format.chat_completion if is_chat else openai_format.completion
+        return Response(
+            build(
+                id=completion_id, model=outcome.model, text=outcome.text, finish_reason=outcome.finish_reason,
+                prompt_tokens=outcome.prompt_tokens, completion_tokens=outcome.completion_tokens,
+            )
+        )
+
+
+class ChatCompletionsApi(_CompletionsBase):
+    serializer_class = ChatCompletionInputSerializer
+    endpoint = "chat.completions"
+
+    @extend_schema(tags=["openai"], request=ChatCompletionInputSerializer, responses={200: dict},
+                   description="OpenAI chat completions, streaming included (`stream_options.include_usage`).")
+    def post(self, request: Request) -> Response | StreamingHttpResponse:
+        return super().post(request)
+
+
+class CompletionsApi(_CompletionsBase):
+    serializer_class = CompletionInputSerializer
+    endpoint = "completions"
+
+    @extend_schema(tags=["openai"], request=CompletionInputSerializer, responses={200: dict})
+    def post(self, request: Request) -> Response | StreamingHttpResponse:
+        return super().post(request)
+
+
+class EmbeddingsApi(APIView):
+    required_scope = GENERATE
+
+    @extend_schema(tags=["openai"], request=EmbeddingInputSerializer, responses={200: dict})
+    def post(self, request: Request) -> Response:
+        serializer = EmbeddingInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        requested = serializer.validated_data.get("model")
+        if requested and requested != embedding_model_name():
+            raise ModelNotFoundError(
+                f"The embedding model '{requested}' does not exist. This server serves '{embedding_model_name()}'.",
+                param="model",
+            )
+        outcome = embeddings_create(
+            context=request.auth, texts=serializer.validated_data["input"],
+            request_id=request._request.request_id,  # type: ignore[attr-defined]
+            end_user=serializer.validated_data.get("user"),
+        )
+        return Response(
+            {
+                "object": "list",
+                "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(outcome.vectors)],
+                "model": outcome.model,
+                "usage": {"prompt_tokens": outcome.prompt_tokens, "total_tokens": outcome.prompt_tokens},
+            }
+        )
+
+
+class ModelsApi(APIView):
+    required_scope = None
+
+    @extend_schema(tags=["openai"], responses={200: dict})
+    def get(self, request: Request) -> Response:
+        return Response({"object": "list", "data": [openai_format.model_card(model_name()),
+                                                     openai_format.model_card(embedding_model_name())]})
+
+
+class ModelDetailApi(APIView):
+    required_scope = None
+
+    @extend_schema(tags=["openai"], responses={200: dict})
+    def get(self, request: Request, model: str) -> Response:
+        if model not in (model_name(), embedding_model_name()):
+            raise ModelNotFoundError(f"The model '{model}' does not exist.", param="model")
+        return Response(openai_format.model_card(model))

@@ -1,0 +1,140 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from rest_framework import serializers
+
+from inference.services import GenerationSpec
+
+
+class StopField(serializers.Field):
+    """A string or a list of at most four non-empty strings, as OpenAI accepts."""
+
+    def to_internal_value(self, data: Any) -> tuple[str, ...]:
+        values = [data] if isinstance(data, str) else data
+        if not isinstance(values, list) or not all(isinstance(v, str) and v for v in values):
+            raise serializers.ValidationError("stop must be a non-empty string or a list of them.")
+        if len(values) > 4:
+            raise serializers.ValidationError("At most 4 stop sequences.")
+        return tuple(values)
+
+    def to_representation(self, value: Any) -> Any:
+        return list(value)
+
+
+class SamplingSerializer(serializers.Serializer):
+    temperature = serializers.FloatField(min_value=0.0, max_value=2.0, default=0.7)
+    top_p = serializers.FloatField(max_value=1.0, default=1.0)
+    max_tokens = serializers.IntegerField(min_value=1, required=False)
+    stop = StopField(required=False)
+    seed = serializers.IntegerField(required=False, allow_null=True)
+    model = serializers.CharField(required=False, allow_blank=False)
+    stream = serializers.BooleanField(default=False)
+
+    def validate_top_p(self, value: float) -> float:
+        if value <= 0:
+            raise serializers.ValidationError("top_p must be greater than 0 and at most 1.")
+        return value
+
+
+class GenerateInputSerializer(SamplingSerializer):
+    """The design document's request: prompt, temperature, top_p, max_tokens, user_id."""
+
+    prompt = serializers.CharField(trim_whitespace=False)
+    user_id = serializers.CharField(required=False, max_length=128, allow_blank=False)
+
+    def validate_prompt(self, value: str) -> str:
+        if not value.strip():
+            raise serializers.ValidationError("prompt must not be empty.")
+        return value
+
+    def to_spec(self) -> GenerationSpec:
+        data = self.validated_data
+        return GenerationSpec(
+            prompt=data["prompt"],
+            temperature=data["temperature"],
+            top_p=data["top_p"],
+            max_tokens=data.get("max_tokens") or settings.DEFAULT_MAX_TOKENS,
+            stop=data.get("stop", ()),
+            seed=data.get("seed"),
+            end_user=data.get("user_id"),
+            model=data.get("model"),
+        )
+
+
+class GenerateOutputSerializer(serializers.Serializer):
+    class MetaSerializer(serializers.Serializer):
+        tokens_used = serializers.IntegerField()
+        prompt_tokens = serializers.IntegerField()
+        completion_tokens = serializers.IntegerField()
+        response_time = serializers.CharField(help_text='Seconds, as "1.23s".')
+        model = serializers.CharField()
+        finish_reason = serializers.ChoiceField(choices=["stop", "length"])
+        request_id = serializers.CharField()
+
+    output = serializers.CharField()
+    meta = MetaSerializer()
+
+
+class MessageSerializer(serializers.Serializer):
+    role = serializers.ChoiceField(choices=["system", "user", "assistant", "developer", "tool"])
+    content = serializers.JSONField()
+
+    def validate_content(self, value: Any) -> str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, list):
+            return "".join(p.get("text", "") for p in value if isinstance(p, dict) and p.get("type") == "text")
+        raise serializers.ValidationError("content must be a string or a list of text parts.")
+
+
+class OpenAIInputSerializer(SamplingSerializer):
+    max_completion_tokens = serializers.IntegerField(min_value=1, required=False)
+    n = serializers.IntegerField(min_value=1, max_value=1, default=1)
+    user = serializers.CharField(required=False, max_length=128)
+    stream_options = serializers.DictField(required=False, allow_null=True)
+
+    def _spec(self, **kwargs: Any) -> GenerationSpec:
+        data = self.validated_data
+        max_tokens = data.get("max_completion_tokens") or data.get("max_tokens") or settings.DEFAULT_MAX_TOKENS
+        return GenerationSpec(
+            temperature=data["temperature"], top_p=data["top_p"], max_tokens=max_tokens,
+            stop=data.get("stop", ()), seed=data.get("seed"), end_user=data.get("user"),
+            model=data.get("model"), **kwargs,
+        )
+
+    @property
+    def include_usage(self) -> bool:
+        options = self.validated_data.get("stream_options") or {}
+        return bool(options.get("include_usage"))
+
+
+class ChatCompletionInputSerializer(OpenAIInputSerializer):
+    messages = MessageSerializer(many=True, allow_empty=False)
+
+    def to_spec(self) -> GenerationSpec:
+        messages = tuple({"role": m["role"], "content": m["content"]} for m in self.validated_data["messages"])
+        return self._spec(messages=messages)
+
+
+class CompletionInputSerializer(OpenAIInputSerializer):
+    prompt = serializers.CharField(trim_whitespace=False)
+
+    def to_spec(self) -> GenerationSpec:
+        return self._spec(prompt=self.validated_data["prompt"])
+
+
+class EmbeddingInputSerializer(serializers.Serializer):
+    input = serializers.JSONField()
+    model = serializers.CharField(required=False)
+    user = serializers.CharField(required=False, max_length=128)
+    encoding_format = serializers.ChoiceField(choices=["float"], default="float")
+
+    def validate_input(self, value: Any) -> list[str]:
+        texts = [value] if isinstance(value, str) else value
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t for t in texts):
+            raise serializers.ValidationError("input must be a non-empty string or a list of them.")
+        if len(texts) > 256:
+            raise serializers.ValidationError("At most 256 inputs per request.")
+        return texts

@@ -1,0 +1,371 @@
+"""Generation for the API: validation against the model, budget reservation and settlement
+around the engine, and the jobs that run it on Celery workers."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.context import AuthContext
+from accounts.models import APIKey, Membership
+from common.errors import APIError, ServiceUnavailable
+from inference.engine import (
+    ContextLengthExceeded,
+    EngineConfig,
+    EngineUnavailable,
+    GenerationRequest,
+    GenerationResult,
+    LLMHandler,
+    SamplingParams,
+    StreamChunk,
+    UpstreamError,
+)
+from inference.engine.embeddings import Embedder, default_embedding_model_path
+from inference.models import GenerationJob
+from usage.services import Reservation, quota_reserve
+
+logger = logging.getLogger(__name__)
+
+
+class ModelNotFoundError(APIError):
+    status = 404
+    code = "model_not_found"
+
+
+class UpstreamFailed(APIError):
+    status = 502
+    type = "server_error"
+    code = "upstream_error"
+
+
+_handler: LLMHandler | None = None
+_embedder: Embedder | None = None
+_singletons_lock = threading.Lock()
+
+
+def handler_get() -> LLMHandler:
+    """The process's one engine (one model copy, one batch, shared by every thread)."""
+    global _handler
+    with _singletons_lock:
+        if _handler is None:
+            _handler = LLMHandler(
+                EngineConfig(
+                    backend=settings.LLM_BACKEND,
+                    model=settings.LLM_MODEL,
+                    served_model_name=settings.LLM_SERVED_MODEL_NAME or None,
+                    device=settings.LLM_DEVICE,
+                    max_batch_size=settings.LLM_MAX_BATCH_SIZE,
+                    torch_threads=settings.LLM_TORCH_THREADS,
+                    load_timeout_s=settings.LLM_LOAD_TIMEOUT_SECONDS,
+                    base_url=settings.LLM_BASE_URL,
+                    api_key=settings.LLM_API_KEY,
+                    request_timeout_s=settings.LLM_REQUEST_TIMEOUT_SECONDS,
+                    max_retries=settings.LLM_MAX_RETRIES,
+                )
+            )
+        return _handler
+
+
+def embedder_get() -> Embedder:
+    global _embedder
+    with _singletons_lock:
+        if _embedder is None:
+            _embedder = Embedder(settings.EMBEDDING_MODEL or default_embedding_model_path())
+        return _embedder
+
+
+def model_name() -> str:
+    return handler_get().status().model
+
+
+def embedding_model_name() -> str:
+    path = settings.EMBEDDING_MODEL or default_embedding_model_path()
+    return path.rstrip("/").rsplit("/", 1)[-1]
+
+
+@dataclass(frozen=True)
+class GenerationSpec:
+    """A validated generation request, whatever the route it came from."""
+
+    prompt: str | None = None
+    messages: tuple[dict[str, str], ...] | None = None
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    end_user: str | None = None
+    model: str | None = None
+
+    def engine_request(self, request_id: str) -> GenerationRequest:
+        return GenerationRequest(
+            prompt=self.prompt,
+            messages=self.messages,
+            params=SamplingParams(
+                temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens,
+                stop=self.stop, seed=self.seed,
+            ),
+            request_id=request_id,
+        )
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "prompt": self.prompt, "messages": list(self.messages) if self.messages else None,
+            "temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens,
+            "stop": list(self.stop), "seed": self.seed, "end_user": self.end_user, "model": self.model,
+        }
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> GenerationSpec:
+        return cls(
+            prompt=payload["prompt"],
+            messages=tuple(payload["messages"]) if payload["messages"] else None,
+            temperature=payload["temperature"], top_p=payload["top_p"], max_tokens=payload["max_tokens"],
+            stop=tuple(payload["stop"]), seed=payload["seed"], end_user=payload["end_user"],
+            model=payload["model"],
+        )
+
+
+@dataclass(frozen=True)
+class GenerationOutcome:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+    model: str
+    request_id: str
+    seconds: float
+
+    def meta(self) -> dict[str, Any]:
+        return {
+            "tokens_used": self.prompt_tokens + self.completion_tokens,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "response_time": f"{self.seconds:.2f}s",
+            "model": self.model,
+            "finish_reason": self.finish_reason,
+            "request_id": self.request_id,
+        }
+
+    def generate_body(self) -> dict[str, Any]:
+        return {"output": self.text, "meta": self.meta()}
+
+
+def _engine_errors_as_api_errors(exc: Exception) -> APIError:
+    if isinstance(exc, EngineUnavailable):
+        return ServiceUnavailable(f"The model is not available: {exc}", code="model_unavailable")
+    if isinstance(exc, ContextLengthExceeded):
+        return APIError(str(exc), param="max_tokens", code="context_length_exceeded")
+    if isinstance(exc, UpstreamError):
+        return UpstreamFailed(f"The upstream model server failed: {exc}")
+    raise exc
+
+
+def _admit(*, context: AuthContext, spec: GenerationSpec, request_id: str, endpoint: str) -> tuple[
+    LLMHandler, GenerationRequest, Reservation
+]:
+    handler = handler_get()
+    served = model_name()
+    if spec.model and spec.model != served:
+        raise ModelNotFoundError(f"The model '{spec.model}' does not exist. This server serves '{served}'.", param="model")
+    request = spec.engine_request(request_id)
+    try:
+        prompt_tokens = handler.count_prompt_tokens(request)
+    except Exception as exc:
+        raise _engine_errors_as_api_errors(exc) from exc
+    context_length = handler.context_length()
+    if context_length is not None and prompt_tokens + spec.max_tokens > context_length:
+        raise APIError(
+            f"max_tokens is too large: the prompt takes {prompt_tokens} tokens of the model's "
+            f"{context_length}-token context, which leaves {max(0, context_length - prompt_tokens)}.",
+            param="max_tokens",
+            code="context_length_exceeded",
+        )
+    reservation = quota_reserve(
+        context=context, end_user=spec.end_user, endpoint=endpoint, model=served,
+        request_id=request_id, amount=prompt_tokens + spec.max_tokens,
+    )
+    return handler, request, reservation
+
+
+def generation_run(
+    *, context: AuthContext, spec: GenerationSpec, request_id: str, endpoint: str
+) -> GenerationOutcome:
+    started = time.perf_counter()
+    handler, request, reservation = _admit(context=context, spec=spec, request_id=request_id, endpoint=endpoint)
+    try:
+        result = handler.generate(request)
+    except Exception as exc:
+        reservation.release(status="error")
+        raise _engine_errors_as_api_errors(exc) from exc
+    except BaseException:
+        reservation.release(status="error")
+        raise
+    reservation.settle(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens)
+    return _outcome(result, request_id, started)
+
+
+def _outcome(result: GenerationResult, request_id: str, started: float) -> GenerationOutcome:
+    return GenerationOutcome(
+        text=result.text, prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
+        finish_reason=result.finish_reason, model=result.model, request_id=request_id,
+        seconds=time.perf_counter() - started,
+    )
+
+
+@dataclass
+class GenerationSession:
+    """A streamed generation, admitted and reserved. Iterate `events()`: text deltas, then one
+    GenerationOutcome. However the iteration ends — completion, an error, or the client going
+    away (the server closes the generator) — the reservation is settled exactly once, billing
+    what was generated."""
+
+    handler: LLMHandler
+    request: GenerationRequest
+    reservation: Reservation
+    request_id: str
+    started: float = field(default_factory=time.perf_counter)
+
+    def events(self) -> Iterator[str | GenerationOutcome]:
+        stream = None
+        try:
+            stream = self.handler.stream(self.request)
+            for event in stream:
+                if isinstance(event, StreamChunk):
+                    if event.text:
+                        yield event.text
+                else:
+                    self.reservation.settle(prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens)
+                    yield _outcome(event, self.request_id, self.started)
+        except GeneratorExit:
+            self._settle_partial(stream, status="cancelled")
+            raise
+        except Exception:
+            self._settle_partial(stream, status="error")
+            raise
+        finally:
+            if not self.reservation.settled:
+                self._settle_partial(stream, status="cancelled")
+
+    def _settle_partial(self, stream: Any, *, status: str) -> None:
+        if self.reservation.settled:
+            return
+        if stream is None:
+            self.reservation.release(status="error")
+            return
+        stream.close()
+        partial = stream.partial_result()
+        if status == "error":
+            self.reservation.release(status="error")
+        else:
+            self.reservation.settle(
+                prompt_tokens=partial.prompt_tokens, completion_tokens=partial.completion_tokens, status=status
+            )
+
+
+def generation_stream_open(
+    *, context: AuthContext, spec: GenerationSpec, request_id: str, endpoint: str
+) -> GenerationSession:
+    handler, request, reservation = _admit(context=context, spec=spec, request_id=request_id, endpoint=endpoint)
+    return GenerationSession(handler=handler, request=request, reservation=reservation, request_id=request_id)
+
+
+@dataclass(frozen=True)
+class EmbeddingOutcome:
+    vectors: list[list[float]]
+    prompt_tokens: int
+    model: str
+
+
+def embeddings_create(*, context: AuthContext, texts: list[str], request_id: str, end_user: str | None) -> EmbeddingOutcome:
+    embedder = embedder_get()
+    tokens = sum(embedder.count_tokens(text) for text in texts)
+    reservation = quota_reserve(
+        context=context, end_user=end_user, endpoint="embeddings", model=embedding_model_name(),
+        request_id=request_id, amount=tokens,
+    )
+    try:
+        vectors = embedder.embed(texts)
+    except BaseException:
+        reservation.release(status="error")
+        raise
+    reservation.settle(prompt_tokens=tokens, completion_tokens=0)
+    return EmbeddingOutcome(vectors=vectors.tolist(), prompt_tokens=tokens, model=embedding_model_name())
+
+
+# --- Jobs ---------------------------------------------------------------------------------
+
+
+def job_create(*, context: AuthContext, spec: GenerationSpec, request_id: str) -> GenerationJob:
+    served = model_name()
+    if spec.model and spec.model != served:
+        raise ModelNotFoundError(f"The model '{spec.model}' does not exist. This server serves '{served}'.", param="model")
+    job = GenerationJob.objects.create(
+        organization=context.organization,
+        api_key=context.api_key,
+        user=context.user,
+        request_id=request_id,
+        payload=spec.to_payload(),
+    )
+    from inference.tasks import run_generation_job
+
+    transaction.on_commit(lambda: run_generation_job.delay(str(job.pk)))
+    return job
+
+
+def job_get(*, organization: Any, job_id: str) -> GenerationJob | None:
+    return GenerationJob.objects.filter(organization=organization, pk=job_id).first()
+
+
+def _job_context(job: GenerationJob) -> AuthContext:
+    from accounts.scopes import ALL_SCOPES
+
+    api_key = APIKey.objects.filter(pk=job.api_key_id).first() if job.api_key_id else None
+    membership = (
+        Membership.objects.filter(user_id=job.user_id, organization_id=job.organization_id).first()
+        if job.user_id else None
+    )
+    return AuthContext(
+        organization=job.organization, scopes=frozenset(ALL_SCOPES), method="job",
+        user=job.user, membership=membership, api_key=api_key,
+    )
+
+
+def job_run(*, job_id: str) -> None:
+    """Runs a queued job. A job redelivered after its worker died runs again from the start;
+    the first attempt's reservation expires."""
+    with transaction.atomic():
+        job = GenerationJob.objects.select_for_update(of=("self",)).select_related("organization", "user").filter(pk=job_id).first()
+        if job is None or job.status in (GenerationJob.Status.SUCCEEDED, GenerationJob.Status.FAILED):
+            return
+        job.status = GenerationJob.Status.RUNNING
+        job.attempts += 1
+        job.started_at = timezone.now()
+        job.save(update_fields=["status", "attempts", "started_at"])
+    spec = GenerationSpec.from_payload(job.payload)
+    try:
+        outcome = generation_run(
+            context=_job_context(job), spec=spec, request_id=f"{job.request_id}:{job.attempts}", endpoint="jobs"
+        )
+    except APIError as error:
+        job.status = GenerationJob.Status.FAILED
+        job.error = {"message": error.message, "type": error.type or "invalid_request_error",
+                     "param": error.param, "code": error.code}
+    except Exception:
+        logger.exception("Generation job %s failed", job.pk)
+        job.status = GenerationJob.Status.FAILED
+        job.error = {"message": "The server had an error while running the job.", "type": "server_error",
+                     "param": None, "code": "internal_error"}
+    else:
+        job.status = GenerationJob.Status.SUCCEEDED
+        job.result = outcome.generate_body()
+    job.finished_at = timezone.now()
+    job.save(update_fields=["status", "result", "error", "finished_at"])
