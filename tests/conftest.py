@@ -205,3 +205,26 @@ def celery_worker_process() -> Iterator[subprocess.Popen]:
     yield process
     process.terminate()
     process.wait(timeout=30)
+
+
+@pytest.fixture
+def start_gunicorn() -> Iterator[Any]:
+    """Starts the Procfile's web server (gunicorn, gthread) on a free port; stops it after the test."""
+    started: list[subprocess.Popen] = []
+
+    def start(*, workers: int = 2, threads: int = 16) -> str:
+        port = free_port()
+        process = subprocess.Popen(
+            [str(BIN / "gunicorn"), "platform.wsgi:application", "--config", "platform/gunicorn.conf.py",
+             "--bind", f"127.0.0.1:{port}", "--workers", str(workers), "--threads", str(threads)],
+            cwd=ROOT, env=server_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        started.append(process)
+        wait_http(f"http://127.0.0.1:{port}/healthz", process)
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for process in started:
+        process.terminate()
+    for process in started:
+        process.wait(timeout=30)

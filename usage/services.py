@@ -168,7 +168,8 @@ class Reservation:
         }
         if model:
             update["model"] = model
-        charged = prompt_tokens + completion_tokens if status in ("ok", "cancelled") else 0
+        # Never more than was reserved: the budget check admitted this much and no more.
+        charged = min(self.amount, prompt_tokens + completion_tokens) if status in ("ok", "cancelled") else 0
         if status not in ("ok", "cancelled"):
             update["prompt_tokens"] = update["completion_tokens"] = 0
         settlement = self.ledger.settle(reservation_id=self.reservation_id, record_update=update, tokens=charged)

@@ -1,0 +1,135 @@
+"""What must hold across processes: budgets under concurrent load, rate limits across servers,
+streams cut by the client. Real gunicorn processes on PostgreSQL and Redis (CI)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+from django.conf import settings
+from django.db.models import F, Sum
+from django_ratelimit.core import _get_window
+
+from accounts.selectors import api_key_resolve
+from accounts.context import AuthContext
+from usage.models import UsageRecord
+from usage.services import budget_views, usage_stream_flush
+from tests.conftest import Tenant
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(not settings.REDIS_URL, reason="several processes share state only through Redis (CI sets REDIS_URL)"),
+]
+
+
+def _post(url: str, secret: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST",
+        headers={"Authorization": f"Bearer {secret}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def _get_status(url: str, secret: str) -> int:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {secret}"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def _client_process(url: str, secret: str, count: int) -> list[tuple[int, str | None]]:
+    """One load-generating process: `count` requests from 10 threads."""
+    body = {"prompt": "count the budget", "max_tokens": 10}
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        results = list(pool.map(lambda _i: _post(url, secret, body), range(count)))
+    return [(status, payload.get("error", {}).get("code")) for status, payload in results]
+
+
+def _context(tenant: Tenant) -> AuthContext:
+    resolved = api_key_resolve(prefix=tenant.api_key.prefix)
+    assert resolved is not None
+    return AuthContext(organization=resolved.organization, scopes=frozenset(), method="api_key",
+                       api_key=resolved.api_key, user=resolved.user, membership=resolved.membership)
+
+
+def test_concurrent_requests_from_several_processes_never_overspend_and_leave_nothing_reserved(
+    alice: Tenant, openai_backend: str, start_gunicorn: Any
+) -> None:
+    alice.organization.token_quota = 600
+    alice.organization.requests_per_minute = None
+    alice.organization.tokens_per_minute = None
+    alice.organization.save()
+    base = start_gunicorn(workers=2, threads=16)
+    with ProcessPoolExecutor(max_workers=4) as pool:
+        batches = list(pool.map(_client_process, [f"{base}/api/v1/generate/"] * 4, [alice.secret] * 4, [50] * 4))
+    outcomes = [outcome for batch in batches for outcome in batch]
+    assert len(outcomes) == 200
+    assert {status for status, _code in outcomes} <= {200, 429}
+    assert all(code == "insufficient_quota" for status, code in outcomes if status == 429)
+    admitted = sum(1 for status, _ in outcomes if status == 200)
+    assert 0 < admitted < 200
+
+    usage_stream_flush()
+    charged = UsageRecord.objects.filter(organization=alice.organization).aggregate(
+        total=Sum(F("prompt_tokens") + F("completion_tokens"))
+    )["total"]
+    assert UsageRecord.objects.filter(organization=alice.organization, status="ok").count() == admitted
+    (budget,) = budget_views(context=_context(alice))
+    assert charged <= 600
+    assert budget.used == charged
+    assert budget.reserved == 0
+
+
+def test_requests_per_minute_holds_exactly_across_two_server_processes(alice: Tenant, start_gunicorn: Any) -> None:
+    limit = 10
+    alice.organization.requests_per_minute = limit
+    alice.organization.save()
+    servers = [start_gunicorn(workers=1, threads=4), start_gunicorn(workers=1, threads=4)]
+    window_end = _get_window(f"org:{alice.organization.pk}", 60)
+    if window_end - time.time() < 8:  # too close to the window's end: start in the next one
+        time.sleep(window_end - time.time() + 0.5)
+    urls = [f"{servers[i % 2]}/api/v1/me/" for i in range(3 * limit)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        statuses = list(pool.map(lambda url: _get_status(url, alice.secret), urls))
+    assert statuses.count(200) == limit
+    assert statuses.count(429) == 2 * limit
+
+
+def test_stream_cut_by_the_client_is_billed_for_what_it_generated(
+    alice: Tenant, openai_backend: str, start_gunicorn: Any
+) -> None:
+    base = start_gunicorn(workers=1, threads=4)
+    parsed = urlparse(base)
+    body = json.dumps({"prompt": "SLOW_STREAM please", "max_tokens": 40, "stream": True}).encode()
+    with socket.create_connection((parsed.hostname, parsed.port), timeout=30) as sock:
+        sock.sendall(
+            b"POST /api/v1/generate/ HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {alice.secret}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        received = b""
+        while received.count(b"event: token") < 3:
+            received += sock.recv(4096)
+    # The client is gone; the server notices on its next write and settles the stream.
+    deadline = time.monotonic() + 30
+    record = None
+    while record is None and time.monotonic() < deadline:
+        usage_stream_flush()
+        record = UsageRecord.objects.filter(organization=alice.organization).first()
+        time.sleep(0.2)
+    assert record is not None
+    assert record.status == "cancelled"
+    assert 3 <= record.completion_tokens < 40
