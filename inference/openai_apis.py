@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 from django.http import StreamingHttpResponse
 from drf_spectacular.utils import extend_schema
 from rest_framework.request import Request
@@ -141,10 +143,17 @@ class EmbeddingsApi(APIView):
             request_id=request._request.request_id,  # type: ignore[attr-defined]
             end_user=serializer.validated_data.get("user"),
         )
+        if serializer.validated_data["encoding_format"] == "base64":
+            # Little-endian float32, as OpenAI encodes it (the official SDK asks for this).
+            encoded: list[Any] = [
+                base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode() for v in outcome.vectors
+            ]
+        else:
+            encoded = outcome.vectors
         return Response(
             {
                 "object": "list",
-                "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(outcome.vectors)],
+                "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(encoded)],
                 "model": outcome.model,
                 "usage": {"prompt_tokens": outcome.prompt_tokens, "total_tokens": outcome.prompt_tokens},
             }

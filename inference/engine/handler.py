@@ -26,8 +26,8 @@ class EngineConfig:
     device: str = "auto"  # auto => cuda if available else cpu
     dtype: str = "auto"
     max_batch_size: int = 32
-    # torch intra-op threads for the whole process; 0 keeps torch's default (one per core). On a
-    # CPU shared with other busy processes, 1 avoids threads spinning while waiting for each other.
+    # torch intra-op threads of the scheduler thread; 0 keeps torch's default (one per core). On
+    # a CPU shared with other busy processes, 1 avoids threads spinning while waiting for each other.
     torch_threads: int = 0
     load_timeout_s: float = 120.0  # how long a request waits for a loading model
     base_url: str = ""

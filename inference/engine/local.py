@@ -126,6 +126,7 @@ class _Sequence:
         tokenizer: PreTrainedTokenizerBase,
         tokenizer_lock: threading.Lock,
         retire: Callable[[_Sequence], None],
+        stream_chunks: bool,
     ) -> None:
         self.prompt_ids = prompt_ids
         self.params = params
@@ -140,6 +141,8 @@ class _Sequence:
         self._tokenizer = tokenizer
         self._tokenizer_lock = tokenizer_lock
         self._retire = retire
+        # Blocking callers only want the result; skipping chunks spares them a wake-up per token.
+        self._stream_chunks = stream_chunks
         self._events: queue.SimpleQueue[StreamChunk | GenerationResult | Exception] = (
             queue.SimpleQueue()
         )
@@ -223,7 +226,8 @@ class _Sequence:
 
     def _emit(self, end: int) -> None:
         if end > self._emitted:
-            self._events.put(StreamChunk(text=self._text[self._emitted : end]))
+            if self._stream_chunks:
+                self._events.put(StreamChunk(text=self._text[self._emitted : end]))
             self._emitted = end
 
     def _decode_delta(self) -> str:
@@ -319,11 +323,10 @@ class LocalBackend:
         max_batch_size: int,
         torch_threads: int,
     ) -> None:
-        if torch_threads:
-            torch.set_num_threads(torch_threads)
         self.model_name = served_name
         self.device = resolve_device(device)
         self.max_batch_size = max_batch_size
+        self._torch_threads = torch_threads
         torch_dtype = resolve_dtype(dtype, device=self.device)
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(model, local_files_only=True)
@@ -334,7 +337,8 @@ class LocalBackend:
             raise ModelNotFound(f"no local model at {model!r}: {exc}") from exc
         except Exception as exc:
             raise ModelLoadError(f"could not load {model!r}: {exc}") from exc
-        self._model.to(self.device).eval()
+        self._model.to(device=self.device)
+        self._model.eval()
         self._eos_ids = _eos_token_ids(self._model, self._tokenizer)
         self._context_length = _context_length(self._model, self._tokenizer)
         self._tokenizer_lock = threading.Lock()
@@ -364,12 +368,14 @@ class LocalBackend:
             return len(self._active), len(self._waiting)
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
-        for event in self.start(request):
-            if isinstance(event, GenerationResult):
-                return event
-        raise AssertionError("a generation stream always ends with its result")
+        event = self._submit(request, stream_chunks=False).next_event()
+        assert isinstance(event, GenerationResult)
+        return event
 
     def start(self, request: GenerationRequest) -> GenerationStream:
+        return GenerationStream(self._submit(request, stream_chunks=True))
+
+    def _submit(self, request: GenerationRequest, *, stream_chunks: bool) -> _Sequence:
         with self._tokenizer_lock:
             prompt_ids = render_prompt(request=request, tokenizer=self._tokenizer)
         ensure_fits_context(
@@ -385,13 +391,14 @@ class LocalBackend:
             tokenizer=self._tokenizer,
             tokenizer_lock=self._tokenizer_lock,
             retire=self._retire,
+            stream_chunks=stream_chunks,
         )
         with self._cv:
             if self._stopping:
                 raise EngineUnavailable("the engine is shut down")
             self._waiting.append(seq)
             self._cv.notify()
-        return GenerationStream(seq)
+        return seq
 
     def shutdown(self) -> None:
         with self._cv:
@@ -410,6 +417,10 @@ class LocalBackend:
     # Scheduler thread.
 
     def _run(self) -> None:
+        if self._torch_threads:
+            # With OpenMP the thread count is a per-thread setting, so it is made where the
+            # forward passes run.
+            torch.set_num_threads(self._torch_threads)
         batch: _Batch | None = None
         while True:
             with self._cv:

@@ -31,6 +31,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 # Rayon (the tokenizers thread pool) reads this before its first use; two threads keep
 # the run on its share of the machine.
@@ -578,7 +579,7 @@ def sample_outputs(*, model_dir: Path, seed: int) -> dict[str, str]:
     for label, prompt, add_special_tokens in prompts:
         ids = tokenizer(prompt, add_special_tokens=add_special_tokens, return_tensors="pt")
         prompt_length = ids["input_ids"].shape[1]
-        variants = (
+        variants: tuple[tuple[str, dict[str, Any]], ...] = (
             ("greedy", {"do_sample": False, "repetition_penalty": 1.2}),
             (f"sampled, seed {seed}", {}),
         )
@@ -609,8 +610,8 @@ def parse_settings(*, argv: Sequence[str]) -> tuple[TrainingSettings, Path]:
     parser.add_argument("--max-position-embeddings", type=int, default=1024)
     parser.add_argument("--sequence-length", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--warmup-steps", type=int, default=75)
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--warmup-steps", type=int, default=40)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--min-learning-rate", type=float, default=1e-4)
     parser.add_argument("--weight-decay", type=float, default=0.1)

@@ -19,3 +19,4 @@ if "KEY_PREFIX" in CACHES["default"]:
     CACHES["default"]["KEY_PREFIX"] = CACHE_KEY_PREFIX
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 (VAR_DIR / "static").mkdir(exist_ok=True)
+DATABASES["default"]["CONN_MAX_AGE"] = 0  # noqa: F405
