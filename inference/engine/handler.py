@@ -123,6 +123,12 @@ class LLMHandler:
         return backend.context_length() if backend else None
 
     def shutdown(self) -> None:
+        """Stop the backend; waiting and running requests fail with EngineUnavailable. A later
+        request loads the model again."""
+        with self._lock:
+            loading = self._state == "loading"
+        if loading:
+            self._loaded.wait()
         with self._lock:
             backend, self._backend = self._backend, None
             if self._state == "ready":
@@ -135,8 +141,7 @@ class LLMHandler:
         self.warm_up()
         if not self._loaded.wait(self._config.load_timeout_s):
             raise EngineUnavailable(
-                f"model {self._served_name()!r} is still loading after "
-                f"{self._config.load_timeout_s:g}s"
+                f"model {self._served_name()!r} is still loading after {self._config.load_timeout_s:g}s"
             )
         with self._lock:
             backend, error = self._backend, self._error

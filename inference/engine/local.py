@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel
+from transformers.cache_utils import DynamicLayer
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from inference.engine.stream import GenerationStream
@@ -74,9 +75,7 @@ def render_prompt(*, request: GenerationRequest, tokenizer: PreTrainedTokenizerB
 def decode_tokens(tokenizer: PreTrainedTokenizerBase, token_ids: Sequence[int]) -> str:
     # No clean-up: it rewrites spaces around punctuation, which would break incremental decoding.
     return str(
-        tokenizer.decode(
-            list(token_ids), skip_special_tokens=True, clean_up_tokenization_spaces=False
-        )
+        tokenizer.decode(list(token_ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)
     )
 
 
@@ -90,7 +89,7 @@ def sample_next_tokens(
     in any batch, and under generate() with torch.manual_seed(seed).
     """
     picked = []
-    for row, (p, generator) in enumerate(zip(params, generators)):
+    for row, (p, generator) in enumerate(zip(params, generators, strict=True)):
         scores = logits[row : row + 1]
         if p.temperature == 0:
             picked.append(scores.argmax(dim=-1))
@@ -143,9 +142,7 @@ class _Sequence:
         self._retire = retire
         # Blocking callers only want the result; skipping chunks spares them a wake-up per token.
         self._stream_chunks = stream_chunks
-        self._events: queue.SimpleQueue[StreamChunk | GenerationResult | Exception] = (
-            queue.SimpleQueue()
-        )
+        self._events: queue.SimpleQueue[StreamChunk | GenerationResult | Exception] = queue.SimpleQueue()
         self._completion_tokens = 0
         self._token_ids: list[int] = []  # the completion's tokens without the final EOS
         self._text = ""
@@ -257,6 +254,17 @@ def _stop_prefix_length(text: str, stops: Sequence[str]) -> int:
     return 0
 
 
+def _kv_layers(cache: DynamicCache) -> list[tuple[DynamicLayer, torch.Tensor, torch.Tensor]]:
+    """Each cache layer with its key and value tensors [rows, heads, kv_length, head_dim]."""
+    layers = []
+    for layer in cache.layers:
+        # Only plain attention caches can be padded and merged row-wise.
+        if not isinstance(layer, DynamicLayer) or layer.keys is None or layer.values is None:
+            raise TypeError(f"cache layer {type(layer).__name__} cannot be batched")
+        layers.append((layer, layer.keys, layer.values))
+    return layers
+
+
 @dataclass
 class _Batch:
     """Running rows, left-padded to a common KV length."""
@@ -269,11 +277,11 @@ class _Batch:
 
     def merged(self, other: _Batch) -> _Batch:
         length = max(self.mask.shape[1], other.mask.shape[1])
-        for mine, theirs in zip(self.cache.layers, other.cache.layers):
-            mine.keys = torch.cat([_pad_left(mine.keys, length), _pad_left(theirs.keys, length)])
-            mine.values = torch.cat(
-                [_pad_left(mine.values, length), _pad_left(theirs.values, length)]
-            )
+        for (layer, keys, values), (_, other_keys, other_values) in zip(
+            _kv_layers(self.cache), _kv_layers(other.cache), strict=True
+        ):
+            layer.keys = torch.cat([_pad_left(keys, length), _pad_left(other_keys, length)])
+            layer.values = torch.cat([_pad_left(values, length), _pad_left(other_values, length)])
         return _Batch(
             seqs=self.seqs + other.seqs,
             cache=self.cache,
@@ -287,9 +295,9 @@ class _Batch:
         mask = self.mask.index_select(0, index)
         # Columns that are padding in every remaining row carry no information.
         start = int(mask.any(dim=0).int().argmax())
-        for layer in self.cache.layers:
-            layer.keys = layer.keys.index_select(0, index)[:, :, start:]
-            layer.values = layer.values.index_select(0, index)[:, :, start:]
+        for layer, keys, values in _kv_layers(self.cache):
+            layer.keys = keys.index_select(0, index)[:, :, start:]
+            layer.values = values.index_select(0, index)[:, :, start:]
         return _Batch(
             seqs=[self.seqs[r] for r in rows],
             cache=self.cache,
@@ -337,12 +345,15 @@ class LocalBackend:
             raise ModelNotFound(f"no local model at {model!r}: {exc}") from exc
         except Exception as exc:
             raise ModelLoadError(f"could not load {model!r}: {exc}") from exc
-        self._model.to(device=self.device)
+        # transformers wraps PreTrainedModel.to in a way that hides its binding from mypy.
+        self._model.to(self.device)  # type: ignore[call-arg, arg-type]
         self._model.eval()
         self._eos_ids = _eos_token_ids(self._model, self._tokenizer)
         self._context_length = _context_length(self._model, self._tokenizer)
         self._tokenizer_lock = threading.Lock()
-        self._cv = threading.Condition()
+        # Reentrant: a stream dropped during garbage collection cancels itself from whichever
+        # thread collects it, possibly one that already holds the lock.
+        self._cv = threading.Condition(threading.RLock())
         self._waiting: deque[_Sequence] = deque()
         self._active: set[_Sequence] = set()  # admitted to the batch and not done
         self._stopping = False
@@ -515,7 +526,7 @@ class LocalBackend:
             params=[s.params for s in seqs],
             generators=[s.generator for s in seqs],
         )
-        for seq, token in zip(seqs, tokens):
+        for seq, token in zip(seqs, tokens, strict=True):
             if not seq.cancelled:
                 seq.accept(token, eos_ids=self._eos_ids)
         return tokens

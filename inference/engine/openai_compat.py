@@ -6,7 +6,7 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 import httpx
@@ -150,9 +150,7 @@ class OpenAIBackend:
         return GenerationResult(
             text=text,
             prompt_tokens=(
-                prompt_tokens
-                if isinstance(prompt_tokens, int)
-                else self.count_prompt_tokens(request)
+                prompt_tokens if isinstance(prompt_tokens, int) else self.count_prompt_tokens(request)
             ),
             completion_tokens=(
                 completion_tokens if isinstance(completion_tokens, int) else self.count_tokens(text)
@@ -187,11 +185,9 @@ class _UpstreamStream:
 
     def cancel(self) -> None:
         self._cancelled = True
-        try:
+        # ValueError: it is running in another thread right now, and stops at the next event.
+        with contextlib.suppress(ValueError):
             self._events.close()
-        except ValueError:
-            # Running in another thread right now; it stops at the next upstream event.
-            pass
 
     def partial_result(self) -> GenerationResult:
         text = "".join(self._text_parts)
@@ -203,7 +199,7 @@ class _UpstreamStream:
             model=self._backend.model_name,
         )
 
-    def _generate(self) -> Iterator[StreamChunk | GenerationResult]:
+    def _generate(self) -> Generator[StreamChunk | GenerationResult, None, None]:
         is_chat = self._request.messages is not None
         finish_reason = None
         usage = None

@@ -100,9 +100,7 @@ class ContextLengthExceeded(EngineError):
         self.context_length = context_length
 
 
-def ensure_fits_context(
-    *, prompt_tokens: int, max_tokens: int, context_length: int | None
-) -> None:
+def ensure_fits_context(*, prompt_tokens: int, max_tokens: int, context_length: int | None) -> None:
     if context_length is not None and prompt_tokens + max_tokens > context_length:
         raise ContextLengthExceeded(
             prompt_tokens=prompt_tokens, max_tokens=max_tokens, context_length=context_length
