@@ -10,6 +10,7 @@ from django.core.cache import cache
 from rest_framework.test import APIClient
 
 from accounts.models import APIKey, Membership, Organization, User
+from accounts import services as account_services
 from accounts.services import api_key_create, membership_create, organization_create, user_create
 from usage import services as usage_services
 
@@ -30,6 +31,7 @@ def _clear() -> None:
     else:
         cache.clear()
     usage_services._local_ledger = None
+    account_services._touched_at.clear()
 
 
 @dataclass

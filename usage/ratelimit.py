@@ -1,14 +1,17 @@
 """Requests and tokens per minute, per API key and per organization, on the shared cache.
 
-Requests are counted by django-ratelimit (`get_usage`); tokens use its window and cache-key
-scheme with an increment of the request's token estimate. Each limit is a fixed one-minute
-window counted in the shared cache, so it holds exactly whatever the number of processes."""
+The windows and counter keys are django-ratelimit's (`_get_window`, `_make_cache_key`): a fixed
+one-minute window per subject, counted in the shared cache, so a limit holds exactly whatever
+the number of processes. Without Redis, counting goes through django-ratelimit's `get_usage`
+on the local cache. On Redis, `get_usage` would cost three round trips per limit (add, exists,
+incrby); here every limit of a request is counted in one pipelined round trip instead."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.core.cache import cache
 from django.http import HttpRequest
 from django_ratelimit.core import ALL, _get_window, _make_cache_key, get_usage
@@ -16,6 +19,7 @@ from django_ratelimit.core import ALL, _get_window, _make_cache_key, get_usage
 from accounts.context import AuthContext
 
 WINDOW_SECONDS = 60
+_EXPIRY = WINDOW_SECONDS + 60
 
 
 @dataclass(frozen=True)
@@ -28,78 +32,106 @@ class LimitState:
     owner: str  # "key" | "organization"
 
 
-def _limits(context: AuthContext, kind: str) -> list[tuple[str, str, int]]:
-    """(owner, subject, limit) for each limit of this kind that applies."""
+@dataclass(frozen=True)
+class _Limit:
+    owner: str
+    subject: str
+    limit: int
+    cache_key: str
+    window: int
+
+
+def _limits(context: AuthContext, kind: str) -> list[_Limit]:
     field = "requests_per_minute" if kind == "requests" else "tokens_per_minute"
-    found = []
+    found: list[tuple[str, str, int]] = []
     key = context.api_key
     if key is not None and getattr(key, field) is not None:
         found.append(("key", f"key:{key.pk}", int(getattr(key, field))))
     org_limit = getattr(context.organization, field)
     if org_limit is not None:
         found.append(("organization", f"org:{context.organization.pk}", int(org_limit)))
-    return found
+    group = "rpm" if kind == "requests" else "tpm"
+    limits = []
+    for owner, subject, limit in found:
+        window = _get_window(subject, WINDOW_SECONDS)
+        cache_key = _make_cache_key(group, window, (limit, WINDOW_SECONDS), subject, ALL)
+        limits.append(_Limit(owner, subject, limit, f"{settings.CACHE_KEY_PREFIX}:{cache_key}", window))
+    return limits
+
+
+def _redis_add(limits: list[_Limit], amount: int) -> list[int]:
+    from usage.services import redis_client
+
+    pipe = redis_client().pipeline(transaction=False)
+    for limit in limits:
+        pipe.incrby(limit.cache_key, amount)
+        pipe.expire(limit.cache_key, _EXPIRY, nx=True)
+    return [int(count) for count in pipe.execute()[0::2]]
+
+
+def _redis_remove(limits: list[_Limit], amount: int) -> None:
+    from usage.services import redis_client
+
+    pipe = redis_client().pipeline(transaction=False)
+    for limit in limits:
+        pipe.decrby(limit.cache_key, amount)
+    pipe.execute()
+
+
+def _state(kind: str, limit: _Limit, count: int, now: float) -> LimitState:
+    return LimitState(kind=kind, limit=limit.limit, remaining=max(0, limit.limit - count),
+                      reset_seconds=max(0, limit.window - int(now)), exceeded=count > limit.limit, owner=limit.owner)
 
 
 def _tightest(states: list[LimitState]) -> LimitState | None:
     if not states:
         return None
     exceeded = [s for s in states if s.exceeded]
-    if exceeded:
-        return exceeded[0]
-    return min(states, key=lambda s: s.remaining)
+    return exceeded[0] if exceeded else min(states, key=lambda s: s.remaining)
 
 
 def requests_hit(*, request: HttpRequest, context: AuthContext) -> LimitState | None:
     """Counts this request against every requests-per-minute limit that applies."""
-    states = []
-    for owner, subject, limit in _limits(context, "requests"):
-        usage = get_usage(
-            request,
-            group="rpm",
-            key=lambda _group, _request, subject=subject: subject,
-            rate=(limit, WINDOW_SECONDS),
-            increment=True,
-        )
-        if usage is None:
-            continue
-        states.append(
-            LimitState(
-                kind="requests",
-                limit=limit,
-                remaining=max(0, limit - usage["count"]),
-                reset_seconds=max(0, usage["time_left"]),
-                exceeded=usage["should_limit"],
-                owner=owner,
-            )
-        )
-    return _tightest(states)
-
-
-def _token_cache_key(subject: str, limit: int) -> tuple[str, int]:
-    window = _get_window(subject, WINDOW_SECONDS)
-    return _make_cache_key("tpm", window, (limit, WINDOW_SECONDS), subject, ALL), window
+    limits = _limits(context, "requests")
+    if not limits:
+        return None
+    now = time.time()
+    if settings.REDIS_URL:
+        counts = _redis_add(limits, 1)
+    else:
+        counts = []
+        for limit in limits:
+            usage = get_usage(request, group="rpm", key=lambda _g, _r, s=limit.subject: s,
+                              rate=(limit.limit, WINDOW_SECONDS), increment=True)
+            counts.append(int(usage["count"]) if usage else 0)
+    return _tightest([_state("requests", limit, count, now) for limit, count in zip(limits, counts, strict=True)])
 
 
 def tokens_hit(*, context: AuthContext, tokens: int) -> LimitState | None:
     """Adds `tokens` to every tokens-per-minute limit that applies, unless one of them would
-    overflow: then nothing is added and the overflowing limit is returned as exceeded."""
-    charged: list[str] = []
-    states = []
-    for owner, subject, limit in _limits(context, "tokens"):
-        cache_key, window = _token_cache_key(subject, limit)
-        cache.add(cache_key, 0, WINDOW_SECONDS + 60)
-        count = cache.incr(cache_key, tokens) if tokens else int(cache.get(cache_key, 0))
-        reset = max(0, window - int(time.time()))
-        if count > limit:
-            if tokens:
-                cache.decr(cache_key, tokens)
-            for other in charged:
-                cache.decr(other, tokens)
-            return LimitState("tokens", limit, max(0, limit - count + tokens), reset, True, owner)
-        if tokens:
-            charged.append(cache_key)
-        states.append(LimitState("tokens", limit, max(0, limit - count), reset, False, owner))
+    overflow: then nothing stays added and the overflowing limit is returned as exceeded."""
+    limits = _limits(context, "tokens")
+    if not limits:
+        return None
+    now = time.time()
+    if settings.REDIS_URL:
+        counts = _redis_add(limits, tokens)
+    else:
+        counts = []
+        for limit in limits:
+            cache.add(limit.cache_key, 0, _EXPIRY)
+            counts.append(int(cache.incr(limit.cache_key, tokens)) if tokens else int(cache.get(limit.cache_key, 0)))
+    states = [_state("tokens", limit, count, now) for limit, count in zip(limits, counts, strict=True)]
+    refused = next((i for i, s in enumerate(states) if s.exceeded), None)
+    if refused is not None and tokens:
+        if settings.REDIS_URL:
+            _redis_remove(limits, tokens)
+        else:
+            for limit in limits:
+                cache.decr(limit.cache_key, tokens)
+        after_rollback = _state("tokens", limits[refused], counts[refused] - tokens, now)
+        return LimitState("tokens", after_rollback.limit, after_rollback.remaining, after_rollback.reset_seconds,
+                          True, after_rollback.owner)
     return _tightest(states)
 
 
