@@ -176,7 +176,7 @@ def server_env(**extra: str) -> dict[str, str]:
         env["DATABASE_URL"] = os.environ["DATABASE_URL"].rsplit("/", 1)[0] + "/" + connection.settings_dict["NAME"]
     else:
         env["DATABASE_URL"] = f"sqlite:///{connection.settings_dict['NAME']}"
-    for name in ("LLM_BACKEND", "LLM_MODEL", "LLM_BASE_URL", "LLM_MAX_RETRIES"):
+    for name in ("LLM_BACKEND", "LLM_MODEL", "LLM_BASE_URL", "LLM_MAX_RETRIES", "KNOWLEDGE_INDEX_DIR"):
         env[name] = str(getattr(django_settings, name))
     return {**env, **extra}
 

@@ -230,6 +230,7 @@ LOGGING = {
         "django.server": {"level": "WARNING"},
         "django.request": {"level": "ERROR"},
         "httpx": {"level": "WARNING"},
+        "faiss.loader": {"level": "WARNING"},
     },
 }
 
@@ -260,3 +261,16 @@ LLM_REQUEST_TIMEOUT_SECONDS = env.float("LLM_REQUEST_TIMEOUT_SECONDS", default=3
 LLM_MAX_RETRIES = env.int("LLM_MAX_RETRIES", default=2)
 LLM_WARMUP = env.bool("LLM_WARMUP", default=False)
 EMBEDDING_MODEL = env.str("EMBEDDING_MODEL", default="")
+
+# Knowledge (RAG).
+KNOWLEDGE_INDEX_DIR = Path(env.str("KNOWLEDGE_INDEX_DIR", default=str(VAR_DIR / "indexes")))
+KNOWLEDGE_MAX_UPLOAD_BYTES = env.int("KNOWLEDGE_MAX_UPLOAD_BYTES", default=20 * 1024 * 1024)
+KNOWLEDGE_APPROXIMATE_THRESHOLD = env.int("KNOWLEDGE_APPROXIMATE_THRESHOLD", default=20_000)
+KNOWLEDGE_EMBED_BATCH = env.int("KNOWLEDGE_EMBED_BATCH", default=32)
+KNOWLEDGE_CHUNK_OVERLAP_TOKENS = env.int("KNOWLEDGE_CHUNK_OVERLAP_TOKENS", default=32)
+# A document whose ingestion shows no progress for this long is taken as abandoned (its worker
+# died) and queued again, up to KNOWLEDGE_MAX_ATTEMPTS times.
+KNOWLEDGE_STALE_SECONDS = env.int("KNOWLEDGE_STALE_SECONDS", default=300)
+KNOWLEDGE_MAX_ATTEMPTS = env.int("KNOWLEDGE_MAX_ATTEMPTS", default=3)
+DATA_UPLOAD_MAX_MEMORY_SIZE = KNOWLEDGE_MAX_UPLOAD_BYTES + 1024 * 1024
+CELERY_BEAT_SCHEDULE["recover-ingestion"] = {"task": "knowledge.recover_stale", "schedule": 60.0}

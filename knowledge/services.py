@@ -1,0 +1,300 @@
+from __future__ import annotations
+
+import hashlib
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from accounts.context import AuthContext
+from accounts.models import Organization
+from common.errors import APIError
+from inference.services import GenerationOutcome, GenerationSpec, embedder_get, generation_run
+from knowledge.indexes import index_rebuild, index_store, org_key
+from knowledge.lib.chunking import chunk_embedding_text, chunk_text
+from knowledge.lib.index import IndexStoreError
+from knowledge.lib.parsing import DocumentError, UnsupportedFormat, extract_text, sniff_format
+from knowledge.models import Chunk, Document
+from knowledge.selectors import chunk_ids_of_documents, chunks_by_ids, indexed_document_count
+
+logger = logging.getLogger(__name__)
+
+
+class UnsupportedMediaType(APIError):
+    status = 415
+    code = "unsupported_file_type"
+
+
+class PayloadTooLarge(APIError):
+    status = 413
+    code = "file_too_large"
+
+
+# --- Upload -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UploadOutcome:
+    document: Document
+    duplicate: bool
+
+
+def document_upload(
+    *, organization: Organization, data: bytes, filename: str, content_type: str | None, title: str | None
+) -> UploadOutcome:
+    """Stores an upload and queues its ingestion. The same content uploaded twice to one
+    organization returns the existing document instead of indexing it again."""
+    if not data.strip():
+        raise APIError("The document is empty.", param="file", code="empty_document")
+    if len(data) > settings.KNOWLEDGE_MAX_UPLOAD_BYTES:
+        raise PayloadTooLarge(
+            f"The document is {len(data)} bytes; the limit is {settings.KNOWLEDGE_MAX_UPLOAD_BYTES}.", param="file"
+        )
+    try:
+        document_format = sniff_format(data=data, filename=filename, content_type=content_type)
+    except UnsupportedFormat as exc:
+        raise UnsupportedMediaType(f"{exc}.", param="file") from exc
+    except DocumentError as exc:
+        raise APIError(f"The document cannot be read: {exc}.", param="file", code="unreadable_document") from exc
+    content_hash = hashlib.sha256(data).hexdigest()
+    existing = Document.objects.filter(organization=organization, content_hash=content_hash).defer("data").first()
+    if existing is not None:
+        return UploadOutcome(document=existing, duplicate=True)
+    try:
+        with transaction.atomic():
+            document = Document.objects.create(
+                organization=organization, title=(title or filename or "Untitled")[:300], filename=filename[:300],
+                content_type=(content_type or "")[:120], format=document_format, size_bytes=len(data),
+                content_hash=content_hash, data=data,
+            )
+    except IntegrityError:  # the same content uploaded concurrently
+        existing = Document.objects.filter(organization=organization, content_hash=content_hash).defer("data").get()
+        return UploadOutcome(document=existing, duplicate=True)
+    _queue_ingestion(document.pk)
+    return UploadOutcome(document=document, duplicate=False)
+
+
+def _queue_ingestion(document_id: int) -> None:
+    from knowledge.tasks import ingest_document
+
+    transaction.on_commit(lambda: ingest_document.delay(document_id))
+
+
+# --- Ingestion ----------------------------------------------------------------------------
+
+
+def _set_status(document: Document, status: str, **fields: Any) -> None:
+    document.status = status
+    document.heartbeat_at = timezone.now()
+    for name, value in fields.items():
+        setattr(document, name, value)
+    Document.objects.filter(pk=document.pk).update(status=status, heartbeat_at=document.heartbeat_at, **fields)
+
+
+def _claim(document_id: int) -> Document | None:
+    """Marks the document as being parsed by this worker, unless it is done or someone else
+    works on it (a fresh heartbeat)."""
+    stale = timezone.now() - timedelta(seconds=settings.KNOWLEDGE_STALE_SECONDS)
+    claimable = Q(status=Document.Status.PENDING) | Q(status__in=Document.RUNNING, heartbeat_at__lt=stale) | Q(
+        status__in=Document.RUNNING, heartbeat_at__isnull=True
+    )
+    claimed = Document.objects.filter(claimable, pk=document_id).update(
+        status=Document.Status.PARSING, heartbeat_at=timezone.now(), attempts=F("attempts") + 1, error="",
+        chunks_total=0, chunks_embedded=0,
+    )
+    return Document.objects.filter(pk=document_id).first() if claimed else None
+
+
+def document_ingest(*, document_id: int) -> None:
+    """pending → parsing → chunking → embedding → indexed, or failed with the reason. A user's
+    bad file ends `failed`; it never raises out of here, so it cannot take a worker down.
+    Re-running on a half-ingested document starts it over cleanly."""
+    document = _claim(document_id)
+    if document is None:
+        return
+    try:
+        _ingest(document)
+    except DocumentError as exc:
+        _set_status(document, Document.Status.FAILED, error=str(exc))
+    except Exception as exc:
+        logger.exception("Ingestion of document %s failed", document.pk)
+        _set_status(document, Document.Status.FAILED, error=f"Internal error while ingesting: {type(exc).__name__}")
+
+
+def _ingest(document: Document) -> None:
+    parsed = extract_text(data=bytes(document.data), filename=document.filename or document.title,
+                          content_type=document.content_type or None)
+    title = document.title or parsed.title or document.filename
+    _set_status(document, Document.Status.CHUNKING)
+    embedder = embedder_get()
+    pieces = chunk_text(text=parsed.text, title=title, tokenizer=embedder.tokenizer, max_tokens=embedder.max_tokens,
+                        overlap_tokens=settings.KNOWLEDGE_CHUNK_OVERLAP_TOKENS)
+    Chunk.objects.filter(document=document).delete()  # a previous attempt's chunks
+    _set_status(document, Document.Status.EMBEDDING, chunks_total=len(pieces), chunks_embedded=0)
+    batch = settings.KNOWLEDGE_EMBED_BATCH
+    groups = [pieces[start:start + batch] for start in range(0, len(pieces), batch)]
+    texts = [[chunk_embedding_text(chunk=c, title=title) for c in group] for group in groups]
+    ids: list[int] = []
+    vectors: list[np.ndarray] = []
+    # The next batch is encoded in a thread (the encoder releases the GIL) while this one is
+    # written to the database on the caller's connection.
+    with ThreadPoolExecutor(max_workers=1) as encoder:
+        future = encoder.submit(embedder.embed, texts[0], batch_size=batch) if groups else None
+        done = 0
+        for index, group in enumerate(groups):
+            assert future is not None
+            embedded = future.result()
+            if index + 1 < len(groups):
+                future = encoder.submit(embedder.embed, texts[index + 1], batch_size=batch)
+            done += len(group)
+            ids.extend(_write_chunks(document, group, embedded, done))
+            vectors.append(embedded)
+    if ids:
+        index_store().add(org_key=org_key(document.organization_id), ids=np.asarray(ids, dtype=np.int64),
+                          vectors=np.vstack(vectors))
+    _set_status(document, Document.Status.INDEXED, indexed_at=timezone.now())
+
+
+def _write_chunks(document: Document, group: list[Any], embedded: np.ndarray, done: int) -> list[int]:
+    created = Chunk.objects.bulk_create(
+        [
+            Chunk(organization_id=document.organization_id, document_id=document.pk, position=c.position,
+                  text=c.text, start_char=c.start_char, end_char=c.end_char, token_count=c.token_count,
+                  embedding=vector.astype(np.float32).tobytes())
+            for c, vector in zip(group, embedded, strict=True)
+        ]
+    )
+    Document.objects.filter(pk=document.pk).update(chunks_embedded=done, heartbeat_at=timezone.now())
+    return [chunk.pk for chunk in created]
+
+
+def document_retry(*, document: Document) -> Document:
+    if document.status not in (Document.Status.FAILED, *Document.RUNNING):
+        raise APIError(f"Only a failed or stalled document can be retried; this one is {document.status}.",
+                       param="status", code="not_retryable", status=409)
+    Document.objects.filter(pk=document.pk).update(status=Document.Status.PENDING, heartbeat_at=None, error="")
+    _queue_ingestion(document.pk)
+    document.refresh_from_db()
+    return document
+
+
+def documents_recover_stale() -> int:
+    """Queues again the documents whose worker died mid-ingestion (no heartbeat for a while);
+    fails those that have used up their attempts. Runs on beat."""
+    stale = timezone.now() - timedelta(seconds=settings.KNOWLEDGE_STALE_SECONDS)
+    abandoned = Document.objects.filter(status__in=Document.RUNNING, heartbeat_at__lt=stale).defer("data")
+    count = 0
+    for document in abandoned:
+        if document.attempts >= settings.KNOWLEDGE_MAX_ATTEMPTS:
+            _set_status(document, Document.Status.FAILED,
+                        error=f"Ingestion was interrupted {document.attempts} times; retry it or upload again.")
+        else:
+            with transaction.atomic():
+                _queue_ingestion(document.pk)
+        count += 1
+    return count
+
+
+@transaction.atomic
+def document_delete(*, document: Document) -> None:
+    """Deletes the document, its chunks and its vectors. The search also checks every hit against
+    the database, so a deleted document is never retrieved even before its vectors are gone."""
+    chunk_ids = list(Chunk.objects.filter(document=document).values_list("pk", flat=True))
+    organization_id = document.organization_id
+    document.delete()
+
+    def remove_vectors() -> None:
+        if not chunk_ids:
+            return
+        try:
+            index_store().remove(org_key=org_key(organization_id), ids=np.asarray(chunk_ids, dtype=np.int64))
+        except IndexStoreError:
+            logger.warning("Index of organization %s unreadable while deleting; it will be rebuilt", organization_id)
+
+    transaction.on_commit(remove_vectors)
+
+
+# --- Retrieval ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    document_id: int
+    title: str
+    chunk_id: int
+    position: int
+    score: float
+    text: str
+
+
+def search(
+    *, organization: Organization, query: str, top_k: int, document_ids: list[int] | None = None,
+    min_score: float | None = None,
+) -> list[SearchHit]:
+    vector = embedder_get().embed([query])[0]
+    allowed = None
+    if document_ids is not None:
+        allowed = chunk_ids_of_documents(organization=organization, document_ids=document_ids)
+        if not allowed:
+            return []
+    store, key = index_store(), org_key(organization)
+    try:
+        found = store.search(org_key=key, query_vector=vector, k=top_k, allowed_ids=allowed)
+    except IndexStoreError:
+        if index_rebuild(organization=organization) == 0:
+            return []
+        found = store.search(org_key=key, query_vector=vector, k=top_k, allowed_ids=allowed)
+    chunks = chunks_by_ids(organization=organization, chunk_ids=[hit.id for hit in found])
+    hits = []
+    for hit in found:
+        chunk = chunks.get(hit.id)
+        if chunk is None or (min_score is not None and hit.score < min_score):
+            continue
+        hits.append(SearchHit(document_id=chunk.document_id, title=chunk.document.title, chunk_id=chunk.pk,
+                              position=chunk.position, score=round(float(hit.score), 6), text=chunk.text))
+    return hits
+
+
+NO_DOCUMENTS_NOTE = (
+    "Your organization has no indexed documents yet: the answer is not grounded in any source. "
+    "Upload documents with POST /api/v1/documents/."
+)
+
+
+def rag_prompt(*, question: str, hits: list[SearchHit]) -> str:
+    sources = "\n\n".join(f"[{i}] {hit.title}\n{hit.text}" for i, hit in enumerate(hits, start=1))
+    return (
+        "Answer the question using only the numbered sources below, and cite them as [1], [2].\n\n"
+        f"Sources:\n{sources}\n\nQuestion: {question}\nAnswer:"
+    )
+
+
+@dataclass(frozen=True)
+class RagOutcome:
+    generation: GenerationOutcome
+    sources: list[SearchHit]
+    note: str | None
+
+
+def rag_answer(
+    *, context: AuthContext, spec: GenerationSpec, top_k: int, document_ids: list[int] | None, request_id: str,
+) -> RagOutcome:
+    """Retrieves from the caller's index, builds the prompt with numbered sources and generates.
+    The enriched prompt is what is counted and charged."""
+    organization = context.organization
+    if indexed_document_count(organization=organization) == 0:
+        outcome = generation_run(context=context, spec=spec, request_id=request_id, endpoint="rag")
+        return RagOutcome(generation=outcome, sources=[], note=NO_DOCUMENTS_NOTE)
+    assert spec.prompt is not None
+    hits = search(organization=organization, query=spec.prompt, top_k=top_k, document_ids=document_ids)
+    enriched = GenerationSpec(**{**vars(spec), "prompt": rag_prompt(question=spec.prompt, hits=hits)})
+    outcome = generation_run(context=context, spec=enriched, request_id=request_id, endpoint="rag")
+    note = None if hits else "No passage of your documents matched the question."
+    return RagOutcome(generation=outcome, sources=hits, note=note)
