@@ -11,6 +11,7 @@ api_v1 = [
     path("", include("usage.urls")),
     path("", include("inference.urls")),
     path("", include("knowledge.urls")),
+    path("", include("billing.urls")),
 ]
 
 urlpatterns = [

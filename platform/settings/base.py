@@ -7,6 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import environ
+from celery.schedules import crontab
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
@@ -38,6 +39,7 @@ INSTALLED_APPS = [
     "usage",
     "inference",
     "knowledge",
+    "billing",
 ]
 
 # The order is the request pipeline's contract: request id and error shaping wrap everything;
@@ -122,6 +124,7 @@ CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 # A task whose worker died is redelivered after this long (acks_late): longer than any task runs.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=1800)}
 
@@ -274,3 +277,20 @@ KNOWLEDGE_STALE_SECONDS = env.int("KNOWLEDGE_STALE_SECONDS", default=300)
 KNOWLEDGE_MAX_ATTEMPTS = env.int("KNOWLEDGE_MAX_ATTEMPTS", default=3)
 DATA_UPLOAD_MAX_MEMORY_SIZE = KNOWLEDGE_MAX_UPLOAD_BYTES + 1024 * 1024
 CELERY_BEAT_SCHEDULE["recover-ingestion"] = {"task": "knowledge.recover_stale", "schedule": 60.0}
+
+# Billing.
+BILLING_CURRENCY = env.str("BILLING_CURRENCY", default="usd")
+BILLING_GRACE_DAYS = env.int("BILLING_GRACE_DAYS", default=7)
+STRIPE_API_KEY = env.str("STRIPE_API_KEY", default="")
+STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="")
+STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="")
+CELERY_BEAT_SCHEDULE.update(
+    {
+        "bill-previous-month": {
+            "task": "billing.bill_previous_month",
+            "schedule": crontab(minute=0, hour=2, day_of_month=1),
+        },
+        "activate-plan-changes": {"task": "billing.activate_plan_changes", "schedule": crontab(minute=5, hour="*")},
+        "suspend-past-due": {"task": "billing.suspend_past_due", "schedule": crontab(minute=15, hour="*")},
+    }
+)

@@ -1,0 +1,163 @@
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any, cast
+
+from django.conf import settings
+from django.utils import timezone
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from rest_framework import serializers
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.context import AuthContext
+from accounts.models import Organization
+from accounts.scopes import USAGE_READ
+from billing.selectors import invoice_estimate, invoice_get, invoice_list, usage_cost_report
+from billing.serializers import (
+    CostQuerySerializer,
+    CostRowSerializer,
+    EstimateSerializer,
+    InvoiceDetailSerializer,
+    InvoiceSerializer,
+)
+from billing.services import stripe_webhook_receive
+from common.errors import NotFound
+
+
+def _organization(request: Request) -> Organization:
+    # HasRequiredScope admitted the request, so authentication put an AuthContext on it.
+    return cast(AuthContext, request.auth).organization
+
+
+class InvoiceListApi(APIView):
+    required_scope = USAGE_READ
+
+    @extend_schema(
+        tags=["billing"],
+        operation_id="billing_invoices_list",
+        responses=inline_serializer(
+            "InvoiceList", {"object": serializers.CharField(), "data": InvoiceSerializer(many=True)}
+        ),
+        description="The caller's organization's issued invoices, newest period first.",
+    )
+    def get(self, request: Request) -> Response:
+        invoices = invoice_list(organization=_organization(request))
+        return Response({"object": "list", "data": InvoiceSerializer(invoices, many=True).data})
+
+
+class InvoiceDetailApi(APIView):
+    required_scope = USAGE_READ
+
+    @extend_schema(
+        tags=["billing"],
+        responses={200: InvoiceDetailSerializer, 404: OpenApiResponse(description="Unknown invoice")},
+        description="One issued invoice of the caller's organization, with its lines.",
+    )
+    def get(self, request: Request, invoice_id: int) -> Response:
+        invoice = invoice_get(organization=_organization(request), invoice_id=invoice_id)
+        if invoice is None:
+            raise NotFound("No such invoice.", param="invoice_id")
+        return Response(InvoiceDetailSerializer(invoice).data)
+
+
+class CurrentPeriodApi(APIView):
+    required_scope = USAGE_READ
+
+    @extend_schema(
+        tags=["billing"],
+        responses=EstimateSerializer,
+        description=(
+            "An estimate of the open period's invoice: what it would be if the period closed now. "
+            "Usage reaches it within seconds of each request."
+        ),
+    )
+    def get(self, request: Request) -> Response:
+        estimate = invoice_estimate(organization=_organization(request), now=timezone.now())
+        subscription, pending, priced = estimate.subscription, estimate.pending, estimate.priced
+        body: dict[str, Any] = {
+            "object": "billing.estimate",
+            "period": estimate.period.key,
+            "period_start": estimate.period.start,
+            "period_end": estimate.period.end,
+            "as_of": estimate.as_of,
+            "currency": priced.currency if priced is not None else settings.BILLING_CURRENCY,
+            "plan": subscription.plan if subscription is not None else None,
+            "pending_plan": (
+                {"slug": pending.plan.slug, "name": pending.plan.name, "starts_on": pending.starts_on}
+                if pending is not None
+                else None
+            ),
+            "included_tokens": priced.included_tokens if priced is not None else 0,
+            "tokens_used": priced.tokens_used if priced is not None else 0,
+            "lines": priced.lines if priced is not None else [],
+            "total": priced.total if priced is not None else Decimal("0.00"),
+        }
+        return Response(EstimateSerializer(body).data)
+
+
+class UsageCostApi(APIView):
+    required_scope = USAGE_READ
+
+    @extend_schema(
+        tags=["billing"],
+        parameters=[CostQuerySerializer],
+        responses=inline_serializer(
+            "UsageCost",
+            {
+                "object": serializers.CharField(),
+                "group_by": serializers.CharField(),
+                "currency": serializers.CharField(),
+                "data": CostRowSerializer(many=True),
+            },
+        ),
+        description=(
+            "Usage with its cost: each day's tokens at the prices of the plan in force that day, "
+            "before the plan's included tokens (which the invoice applies per period)."
+        ),
+    )
+    def get(self, request: Request) -> Response:
+        query = CostQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        params = query.validated_data
+        report = usage_cost_report(
+            organization=_organization(request),
+            start=params["start"],
+            end=params["end"],
+            group_by=params["group_by"],
+        )
+        rows = []
+        for row in CostRowSerializer(report.rows, many=True).data:
+            group = row.pop("group")
+            rows.append({params["group_by"]: group, **row})
+        return Response(
+            {"object": "list", "group_by": params["group_by"], "currency": report.currency, "data": rows}
+        )
+
+
+class StripeWebhookApi(APIView):
+    """Stripe's webhook deliveries. Public: the signature, not a credential, authenticates them."""
+
+    authentication_classes = ()
+    permission_classes = (AllowAny,)
+
+    @extend_schema(
+        tags=["billing"],
+        request=None,
+        responses=inline_serializer(
+            "StripeWebhookReceipt",
+            {
+                "received": serializers.BooleanField(),
+                "duplicate": serializers.BooleanField(),
+                "outcome": serializers.CharField(),
+            },
+        ),
+        description="Verified with the signing secret; an event is applied once, even when delivered twice.",
+    )
+    def post(self, request: Request) -> Response:
+        outcome = stripe_webhook_receive(
+            payload=request.body, signature=request.headers.get("Stripe-Signature")
+        )
+        return Response({"received": True, "duplicate": outcome.duplicate, "outcome": outcome.outcome})

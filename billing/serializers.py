@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+from billing.selectors import COST_GROUPS
+
+
+class PlanSummarySerializer(serializers.Serializer):
+    slug = serializers.SlugField()
+    name = serializers.CharField()
+
+
+class LineSerializer(serializers.Serializer):
+    kind = serializers.CharField()
+    description = serializers.CharField()
+    model = serializers.CharField()
+    token_kind = serializers.CharField()
+    tokens = serializers.IntegerField()
+    included_tokens = serializers.IntegerField()
+    billable_tokens = serializers.IntegerField()
+    unit_price = serializers.DecimalField(max_digits=14, decimal_places=6)
+    amount = serializers.DecimalField(max_digits=14, decimal_places=2)
+
+
+class InvoiceSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    object = serializers.SerializerMethodField()
+    period = serializers.CharField(source="period.key")
+    period_start = serializers.DateField()
+    period_end = serializers.DateField()
+    status = serializers.CharField()
+    currency = serializers.CharField()
+    plan = PlanSummarySerializer()
+    total = serializers.DecimalField(max_digits=14, decimal_places=2)
+    tokens_used = serializers.IntegerField()
+    included_tokens = serializers.IntegerField()
+    finalized_at = serializers.DateTimeField()
+    paid_at = serializers.DateTimeField()
+    past_due_since = serializers.DateTimeField()
+
+    def get_object(self, invoice: Any) -> str:
+        return "invoice"
+
+
+class InvoiceDetailSerializer(InvoiceSerializer):
+    lines = LineSerializer(many=True, source="lines.all")
+
+
+class PendingPlanSerializer(PlanSummarySerializer):
+    starts_on = serializers.DateField()
+
+
+class EstimateSerializer(serializers.Serializer):
+    object = serializers.CharField()
+    period = serializers.CharField()
+    period_start = serializers.DateField()
+    period_end = serializers.DateField()
+    as_of = serializers.DateTimeField()
+    currency = serializers.CharField()
+    plan = PlanSummarySerializer(allow_null=True)
+    pending_plan = PendingPlanSerializer(allow_null=True)
+    included_tokens = serializers.IntegerField()
+    tokens_used = serializers.IntegerField()
+    lines = LineSerializer(many=True)
+    total = serializers.DecimalField(max_digits=14, decimal_places=2)
+
+
+class CostQuerySerializer(serializers.Serializer):
+    start = serializers.DateField()
+    end = serializers.DateField()
+    group_by = serializers.ChoiceField(choices=COST_GROUPS, default="day")
+
+    def validate(self, attrs: dict) -> dict:
+        if attrs["end"] < attrs["start"]:
+            raise serializers.ValidationError({"end": "end is before start."})
+        if (attrs["end"] - attrs["start"]).days > 366:
+            raise serializers.ValidationError({"end": "A report covers at most 366 days."})
+        return attrs
+
+
+class CostRowSerializer(serializers.Serializer):
+    group = serializers.CharField()
+    requests = serializers.IntegerField()
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    cost = serializers.DecimalField(max_digits=20, decimal_places=6)

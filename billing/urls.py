@@ -1,0 +1,13 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from billing import apis
+
+urlpatterns = [
+    path("billing/invoices/", apis.InvoiceListApi.as_view(), name="billing-invoices"),
+    path("billing/invoices/<int:invoice_id>/", apis.InvoiceDetailApi.as_view(), name="billing-invoice"),
+    path("billing/current/", apis.CurrentPeriodApi.as_view(), name="billing-current"),
+    path("billing/costs/", apis.UsageCostApi.as_view(), name="billing-costs"),
+    path("billing/stripe/webhook/", apis.StripeWebhookApi.as_view(), name="billing-stripe-webhook"),
+]
