@@ -49,7 +49,15 @@ class EndUserBudgetInline(admin.TabularInline):
 
 @admin.register(Organization)
 class OrganizationAdmin(admin.ModelAdmin):
-    list_display = ("slug", "name", "status", "requests_per_minute", "tokens_per_minute", "token_quota", "created_at")
+    list_display = (
+        "slug",
+        "name",
+        "status",
+        "requests_per_minute",
+        "tokens_per_minute",
+        "token_quota",
+        "created_at",
+    )
     list_filter = ("status", "quota_period")
     search_fields = ("slug", "name", "billing_email")
     prepopulated_fields = {"slug": ("name",)}
@@ -57,8 +65,19 @@ class OrganizationAdmin(admin.ModelAdmin):
     actions = ("suspend", "reactivate")
     fieldsets = (
         (None, {"fields": ("name", "slug", "status", "status_reason")}),
-        ("Limits", {"fields": ("requests_per_minute", "tokens_per_minute", "token_quota", "quota_period",
-                               "end_user_token_budget", "end_user_budget_period")}),
+        (
+            "Limits",
+            {
+                "fields": (
+                    "requests_per_minute",
+                    "tokens_per_minute",
+                    "token_quota",
+                    "quota_period",
+                    "end_user_token_budget",
+                    "end_user_budget_period",
+                )
+            },
+        ),
         ("Billing", {"fields": ("billing_email", "stripe_customer_id", "past_due_since")}),
     )
 
@@ -91,8 +110,21 @@ class APIKeyAdmin(admin.ModelAdmin):
     autocomplete_fields = ("organization", "user")
     readonly_fields = ("prefix", "last_used_at", "revoked_at", "created_at")
     actions = ("revoke",)
-    fields = ("organization", "user", "name", "scopes", "requests_per_minute", "tokens_per_minute",
-              "token_budget", "budget_period", "expires_at", "prefix", "revoked_at", "last_used_at", "created_at")
+    fields = (
+        "organization",
+        "user",
+        "name",
+        "scopes",
+        "requests_per_minute",
+        "tokens_per_minute",
+        "token_budget",
+        "budget_period",
+        "expires_at",
+        "prefix",
+        "revoked_at",
+        "last_used_at",
+        "created_at",
+    )
 
     def save_model(self, request: HttpRequest, obj: APIKey, form: Any, change: bool) -> None:
         if change:
@@ -103,8 +135,12 @@ class APIKeyAdmin(admin.ModelAdmin):
             organization=obj.organization, name=obj.name, user=obj.user, scopes=obj.scopes or None
         )
         services.api_key_update(
-            api_key=created, requests_per_minute=obj.requests_per_minute, tokens_per_minute=obj.tokens_per_minute,
-            token_budget=obj.token_budget, budget_period=obj.budget_period, expires_at=obj.expires_at,
+            api_key=created,
+            requests_per_minute=obj.requests_per_minute,
+            tokens_per_minute=obj.tokens_per_minute,
+            token_budget=obj.token_budget,
+            budget_period=obj.budget_period,
+            expires_at=obj.expires_at,
         )
         obj.pk = created.pk
         obj.prefix = created.prefix

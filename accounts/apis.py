@@ -11,10 +11,10 @@ from accounts.serializers import OrganizationTokenObtainSerializer
 class TokenObtainApi(TokenObtainPairView):
     serializer_class = OrganizationTokenObtainSerializer  # type: ignore[assignment]
     authentication_classes = ()
-    permission_classes = (AllowAny,)
+    permission_classes = (AllowAny,)  # type: ignore[assignment]  # the stubs type it as an empty tuple
 
 
 @extend_schema(tags=["auth"], summary="Refresh a JWT access token")
 class TokenRefreshApi(TokenRefreshView):
     authentication_classes = ()
-    permission_classes = (AllowAny,)
+    permission_classes = (AllowAny,)  # type: ignore[assignment]  # the stubs type it as an empty tuple

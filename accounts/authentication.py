@@ -113,7 +113,7 @@ def _authenticate_jwt(raw_token: str) -> AuthContext:
     except TokenError as exc:
         raise AuthenticationFailed(f"Invalid or expired token: {exc}", code="invalid_token") from exc
     organization_id = token.get("org")
-    user_id = token.get(settings.SIMPLE_JWT["USER_ID_CLAIM"])
+    user_id = token.get(str(settings.SIMPLE_JWT["USER_ID_CLAIM"]))
     if organization_id is None or user_id is None:
         raise AuthenticationFailed("The token names no organization.", code="invalid_token")
     membership = membership_get(user_id=int(user_id), organization_id=int(organization_id))
@@ -133,10 +133,7 @@ def _authenticate_jwt(raw_token: str) -> AuthContext:
 def _authenticate_oauth2(raw_token: str) -> AuthContext:
     checksum = hashlib.sha256(raw_token.encode()).hexdigest()
     access_token = (
-        get_access_token_model()
-        .objects.select_related("application")
-        .filter(token_checksum=checksum)
-        .first()
+        get_access_token_model().objects.select_related("application").filter(token_checksum=checksum).first()
     )
     if access_token is None:
         raise AuthenticationFailed("Invalid credentials.", code="invalid_token")
@@ -148,9 +145,7 @@ def _authenticate_oauth2(raw_token: str) -> AuthContext:
         .first()
     )
     if client is None:
-        raise AuthenticationFailed(
-            "The OAuth2 application belongs to no organization.", code="invalid_token"
-        )
+        raise AuthenticationFailed("The OAuth2 application belongs to no organization.", code="invalid_token")
     granted = set(access_token.scope.split()) & set(client.scopes)
     return AuthContext(
         organization=client.organization,

@@ -4,6 +4,7 @@ rate limiting, token counting, views."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from accounts.models import APIKey, Membership, Organization, User
 
@@ -20,3 +21,13 @@ class AuthContext:
 
     def has_scope(self, scope: str) -> bool:
         return scope in self.scopes
+
+
+def auth_context(request: Any) -> AuthContext:
+    """The caller, as the authentication middleware resolved it, from a DRF or Django request."""
+    context = getattr(request, "auth", None)
+    if not isinstance(context, AuthContext):
+        context = getattr(getattr(request, "_request", request), "auth_context", None)
+    if not isinstance(context, AuthContext):
+        raise RuntimeError("auth_context() called on a request the API pipeline did not authenticate")
+    return context

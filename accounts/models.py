@@ -67,9 +67,7 @@ class Organization(models.Model):
     token_quota = models.PositiveBigIntegerField(
         null=True, blank=True, help_text="Tokens per quota period for the whole organization."
     )
-    quota_period = models.CharField(
-        max_length=8, choices=BudgetPeriod.choices, default=BudgetPeriod.MONTH
-    )
+    quota_period = models.CharField(max_length=8, choices=BudgetPeriod.choices, default=BudgetPeriod.MONTH)
     end_user_token_budget = models.PositiveBigIntegerField(
         null=True, blank=True, help_text="Default budget of each end user (the request's user_id)."
     )
@@ -108,9 +106,7 @@ class Membership(models.Model):
     token_budget = models.PositiveBigIntegerField(
         null=True, blank=True, help_text="Tokens this member may spend per period; empty: no limit."
     )
-    budget_period = models.CharField(
-        max_length=8, choices=BudgetPeriod.choices, default=BudgetPeriod.MONTH
-    )
+    budget_period = models.CharField(max_length=8, choices=BudgetPeriod.choices, default=BudgetPeriod.MONTH)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -145,9 +141,7 @@ class APIKey(models.Model):
     )
     tokens_per_minute = models.PositiveIntegerField(null=True, blank=True)
     token_budget = models.PositiveBigIntegerField(null=True, blank=True)
-    budget_period = models.CharField(
-        max_length=8, choices=BudgetPeriod.choices, default=BudgetPeriod.MONTH
-    )
+    budget_period = models.CharField(max_length=8, choices=BudgetPeriod.choices, default=BudgetPeriod.MONTH)
 
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
@@ -179,9 +173,7 @@ class OAuthClient(models.Model):
     application = models.OneToOneField(
         "oauth2_provider.Application", on_delete=models.CASCADE, related_name="platform_client"
     )
-    organization = models.ForeignKey(
-        Organization, on_delete=models.CASCADE, related_name="oauth_clients"
-    )
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="oauth_clients")
     scopes = models.JSONField(default=list, help_text="Scopes this client may be granted.")
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -196,14 +188,10 @@ class EndUserBudget(models.Model):
     """A budget for one end user (the `user_id` a tenant passes), overriding the organization's
     default end-user budget."""
 
-    organization = models.ForeignKey(
-        Organization, on_delete=models.CASCADE, related_name="end_user_budgets"
-    )
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="end_user_budgets")
     end_user = models.CharField(max_length=128)
     token_budget = models.PositiveBigIntegerField()
-    budget_period = models.CharField(
-        max_length=8, choices=BudgetPeriod.choices, default=BudgetPeriod.DAY
-    )
+    budget_period = models.CharField(max_length=8, choices=BudgetPeriod.choices, default=BudgetPeriod.DAY)
 
     class Meta:
         constraints = [

@@ -39,9 +39,7 @@ def api_key_resolve(*, prefix: str) -> ResolvedAPIKey | None:
     organization delete the cached entry, so changes apply on the next request."""
     entry = cache.get(api_key_cache_key(prefix))
     if entry is None:
-        api_key = (
-            APIKey.objects.select_related("organization", "user").filter(prefix=prefix).first()
-        )
+        api_key = APIKey.objects.select_related("organization", "user").filter(prefix=prefix).first()
         if api_key is None:
             return None
         membership = None

@@ -57,13 +57,13 @@ def user_create(*, email: str, password: str | None = None, full_name: str = "")
 
 
 @transaction.atomic
-def organization_create(
-    *, slug: str, name: str = "", owner: User | None = None
-) -> Organization:
+def organization_create(*, slug: str, name: str = "", owner: User | None = None) -> Organization:
     if slugify(slug) != slug:
         raise APIError(f"'{slug}' is not a valid slug (lowercase letters, digits, hyphens).", param="slug")
     if Organization.objects.filter(slug=slug).exists():
-        raise APIError(f"An organization with slug '{slug}' already exists.", param="slug", code="conflict", status=409)
+        raise APIError(
+            f"An organization with slug '{slug}' already exists.", param="slug", code="conflict", status=409
+        )
     organization = Organization.objects.create(slug=slug, name=name or slug)
     if owner is not None:
         Membership.objects.create(user=owner, organization=organization, role=Membership.Role.OWNER)
@@ -93,9 +93,7 @@ def organization_suspend(*, organization: Organization, reason: str = "") -> Org
 
 
 def organization_reactivate(*, organization: Organization) -> Organization:
-    return organization_update(
-        organization=organization, status=Organization.Status.ACTIVE, status_reason=""
-    )
+    return organization_update(organization=organization, status=Organization.Status.ACTIVE, status_reason="")
 
 
 @transaction.atomic

@@ -24,38 +24,74 @@ from bench.common import BIN, ROOT, free_port, save, start, stop, wrk  # noqa: E
 
 DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/llm_platform_bench")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/3")
-BODY = {"model": "fake-model", "messages": [{"role": "user", "content": "Explain Python classes"}], "max_tokens": 16}
+BODY = {
+    "model": "fake-model",
+    "messages": [{"role": "user", "content": "Explain Python classes"}],
+    "max_tokens": 16,
+}
 
 
 def _env(upstream: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
     env.update(
-        DJANGO_SETTINGS_MODULE="platform.settings.production", DJANGO_SECRET_KEY="bench-" + "x" * 40,
-        DATABASE_URL=DATABASE_URL, REDIS_URL=REDIS_URL, CACHE_KEY_PREFIX="bench", LLM_BACKEND="openai",
-        LLM_MODEL="fake-model", LLM_BASE_URL=upstream, LOG_LEVEL="WARNING", DJANGO_SECURE_COOKIES="false",
+        DJANGO_SETTINGS_MODULE="platform.settings.production",
+        DJANGO_SECRET_KEY="bench-" + "x" * 40,
+        DATABASE_URL=DATABASE_URL,
+        REDIS_URL=REDIS_URL,
+        CACHE_KEY_PREFIX="bench",
+        LLM_BACKEND="openai",
+        LLM_MODEL="fake-model",
+        LLM_BASE_URL=upstream,
+        LOG_LEVEL="WARNING",
+        DJANGO_SECURE_COOKIES="false",
     )
     return env
 
 
 def _manage(env: dict[str, str], *args: str) -> str:
-    return subprocess.run([str(BIN / "python"), "manage.py", *args], cwd=ROOT, env=env, check=True,
-                          capture_output=True, text=True).stdout
+    return subprocess.run(
+        [str(BIN / "python"), "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
 
 
 def _prepare_database(env: dict[str, str]) -> str:
-    subprocess.run(["redis-cli", "-n", REDIS_URL.rsplit("/", 1)[-1], "FLUSHDB"], check=True, capture_output=True)
+    subprocess.run(
+        ["redis-cli", "-n", REDIS_URL.rsplit("/", 1)[-1], "FLUSHDB"], check=True, capture_output=True
+    )
     name = DATABASE_URL.rsplit("/", 1)[-1]
-    subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-c", f"DROP DATABASE IF EXISTS {name}"],
-                   check=True, capture_output=True)
-    subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-c", f"CREATE DATABASE {name}"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-c", f"DROP DATABASE IF EXISTS {name}"],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-c", f"CREATE DATABASE {name}"],
+        check=True,
+        capture_output=True,
+    )
     _manage(env, "migrate", "--noinput")
     _manage(env, "create_org", "bench")
     # Limits and a budget that the run never reaches: everything is checked, nothing refused.
     _manage(env, "set_rate_limit", "--org", "bench", "--rpm", "10000000", "--tpm", "1000000000")
     _manage(env, "set_budget", "--org", "bench", "--tokens", "100000000000", "--period", "month")
     secret = _manage(env, "create_api_key", "--org", "bench").strip().splitlines()[-1]
-    _manage(env, "set_budget", "--org", "bench", "--key", secret[:12], "--tokens", "100000000000", "--period", "day")
+    _manage(
+        env,
+        "set_budget",
+        "--org",
+        "bench",
+        "--key",
+        secret[:12],
+        "--tokens",
+        "100000000000",
+        "--period",
+        "day",
+    )
     return secret
 
 
@@ -67,18 +103,54 @@ def main() -> None:
     args = parser.parse_args()
 
     upstream_port = free_port()
-    upstream = start([str(BIN / "uvicorn"), "bench.fake_upstream:app", "--port", str(upstream_port),
-                      "--log-level", "warning", "--no-access-log"],
-                     health=f"http://127.0.0.1:{upstream_port}/v1/models")
+    upstream = start(
+        [
+            str(BIN / "uvicorn"),
+            "bench.fake_upstream:app",
+            "--port",
+            str(upstream_port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        health=f"http://127.0.0.1:{upstream_port}/v1/models",
+    )
     upstream_url = f"http://127.0.0.1:{upstream_port}/v1"
     env = _env(upstream_url)
     secret = _prepare_database(env)
     port = free_port()
-    web = start([str(BIN / "gunicorn"), "platform.wsgi:application", "--config", "platform/gunicorn.conf.py",
-                 "--bind", f"127.0.0.1:{port}", "--workers", str(args.workers), "--threads", str(args.threads)],
-                env=env, health=f"http://127.0.0.1:{port}/healthz")
-    worker = start([str(BIN / "celery"), "-A", "platform.celery:app", "worker", "-B", "--loglevel", "WARNING",
-                    "--concurrency", "1", "--pool", "solo"], env=env)
+    web = start(
+        [
+            str(BIN / "gunicorn"),
+            "platform.wsgi:application",
+            "--config",
+            "platform/gunicorn.conf.py",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            str(args.workers),
+            "--threads",
+            str(args.threads),
+        ],
+        env=env,
+        health=f"http://127.0.0.1:{port}/healthz",
+    )
+    worker = start(
+        [
+            str(BIN / "celery"),
+            "-A",
+            "platform.celery:app",
+            "worker",
+            "-B",
+            "--loglevel",
+            "WARNING",
+            "--concurrency",
+            "1",
+            "--pool",
+            "solo",
+        ],
+        env=env,
+    )
     results: dict[str, object] = {"workers": args.workers, "threads": args.threads, "seconds": args.seconds}
     try:
         auth = {"Authorization": f"Bearer {secret}"}
@@ -86,16 +158,25 @@ def main() -> None:
         wrk(gateway, connections=4, seconds=3, body=BODY, headers=auth)  # warm up both
         wrk(f"{upstream_url}/chat/completions", connections=4, seconds=2, body=BODY)
         for connections in (1, 32):
-            direct = wrk(f"{upstream_url}/chat/completions", connections=connections, seconds=args.seconds, body=BODY)
+            direct = wrk(
+                f"{upstream_url}/chat/completions", connections=connections, seconds=args.seconds, body=BODY
+            )
             behind = wrk(gateway, connections=connections, seconds=args.seconds, body=BODY, headers=auth)
-            results[f"c{connections}"] = {"direct": direct, "gateway": behind,
-                                          "added_p50_ms": round(behind.p50_ms - direct.p50_ms, 3)}
-            print(f"{connections:>3} connections  direct: {direct.requests_per_second:8.0f} req/s "
-                  f"p50 {direct.p50_ms:6.2f} ms p99 {direct.p99_ms:6.2f} ms | gateway: "
-                  f"{behind.requests_per_second:8.0f} req/s p50 {behind.p50_ms:6.2f} ms p99 {behind.p99_ms:6.2f} ms "
-                  f"errors {behind.errors} | added p50 {behind.p50_ms - direct.p50_ms:.2f} ms", flush=True)
-        records = _manage(env, "shell", "-c",
-                          "from usage.models import UsageRecord; print(UsageRecord.objects.count())").strip()
+            results[f"c{connections}"] = {
+                "direct": direct,
+                "gateway": behind,
+                "added_p50_ms": round(behind.p50_ms - direct.p50_ms, 3),
+            }
+            print(
+                f"{connections:>3} connections  direct: {direct.requests_per_second:8.0f} req/s "
+                f"p50 {direct.p50_ms:6.2f} ms p99 {direct.p99_ms:6.2f} ms | gateway: "
+                f"{behind.requests_per_second:8.0f} req/s p50 {behind.p50_ms:6.2f} ms p99 {behind.p99_ms:6.2f} ms "
+                f"errors {behind.errors} | added p50 {behind.p50_ms - direct.p50_ms:.2f} ms",
+                flush=True,
+            )
+        records = _manage(
+            env, "shell", "-c", "from usage.models import UsageRecord; print(UsageRecord.objects.count())"
+        ).strip()
         results["usage_records_written"] = int(records.splitlines()[-1])
         print(f"usage records in PostgreSQL after the run: {records}")
     finally:

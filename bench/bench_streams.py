@@ -26,15 +26,27 @@ from bench.common import BIN, free_port, save, start, stop  # noqa: E402
 TOKENS = 20  # one every 50 ms: a stream lasts about a second
 
 
-def _stream(base: str, secret: str, results: list[tuple[float, float, int]], barrier: threading.Barrier) -> None:
+def _stream(
+    base: str, secret: str, results: list[tuple[float, float, int]], barrier: threading.Barrier
+) -> None:
     url = urlparse(base)
-    body = json.dumps({"model": "fake-model", "stream": True, "max_tokens": TOKENS,
-                       "messages": [{"role": "user", "content": "SLOW_STREAM tell me"}]})
+    body = json.dumps(
+        {
+            "model": "fake-model",
+            "stream": True,
+            "max_tokens": TOKENS,
+            "messages": [{"role": "user", "content": "SLOW_STREAM tell me"}],
+        }
+    )
     connection = http.client.HTTPConnection(url.hostname, url.port, timeout=600)
     barrier.wait()
     started = time.perf_counter()
-    connection.request("POST", "/v1/chat/completions", body=body,
-                       headers={"Authorization": f"Bearer {secret}", "Content-Type": "application/json"})
+    connection.request(
+        "POST",
+        "/v1/chat/completions",
+        body=body,
+        headers={"Authorization": f"Bearer {secret}", "Content-Type": "application/json"},
+    )
     response = connection.getresponse()
     first = None
     chunks = 0
@@ -50,7 +62,9 @@ def _stream(base: str, secret: str, results: list[tuple[float, float, int]], bar
 def _run(base: str, secret: str, streams: int) -> dict[str, float]:
     results: list[tuple[float, float, int]] = []
     barrier = threading.Barrier(streams)
-    threads = [threading.Thread(target=_stream, args=(base, secret, results, barrier)) for _ in range(streams)]
+    threads = [
+        threading.Thread(target=_stream, args=(base, secret, results, barrier)) for _ in range(streams)
+    ]
     started = time.perf_counter()
     for thread in threads:
         thread.start()
@@ -60,10 +74,13 @@ def _run(base: str, secret: str, streams: int) -> dict[str, float]:
     firsts = sorted(r[0] for r in results)
     totals = sorted(r[1] for r in results)
     return {
-        "streams": streams, "completed": sum(1 for r in results if r[2] >= TOKENS), "wall_s": round(wall, 2),
+        "streams": streams,
+        "completed": sum(1 for r in results if r[2] >= TOKENS),
+        "wall_s": round(wall, 2),
         "ttfb_p50_ms": round(statistics.median(firsts) * 1000, 1),
         "ttfb_max_ms": round(firsts[-1] * 1000, 1),
-        "duration_p50_s": round(statistics.median(totals), 2), "duration_max_s": round(totals[-1], 2),
+        "duration_p50_s": round(statistics.median(totals), 2),
+        "duration_max_s": round(totals[-1], 2),
     }
 
 
@@ -72,21 +89,46 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=64)
     args = parser.parse_args()
     upstream_port = free_port()
-    upstream = start([str(BIN / "uvicorn"), "bench.fake_upstream:app", "--port", str(upstream_port),
-                      "--log-level", "warning", "--no-access-log"], health=f"http://127.0.0.1:{upstream_port}/v1/models")
+    upstream = start(
+        [
+            str(BIN / "uvicorn"),
+            "bench.fake_upstream:app",
+            "--port",
+            str(upstream_port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        health=f"http://127.0.0.1:{upstream_port}/v1/models",
+    )
     env = _env(f"http://127.0.0.1:{upstream_port}/v1")
     secret = _prepare_database(env)
     results = {}
     try:
         for name, server_args in (
-            ("gthread 2 workers x 64 threads (production)", ["--worker-class", "gthread", "--workers", "2", "--threads", "64"]),
+            (
+                "gthread 2 workers x 64 threads (production)",
+                ["--worker-class", "gthread", "--workers", "2", "--threads", "64"],
+            ),
             ("sync 2 workers (baseline)", ["--worker-class", "sync", "--workers", "2", "--threads", "1"]),
         ):
             port = free_port()
-            web = start([str(BIN / "gunicorn"), "platform.wsgi:application", "--config", "platform/gunicorn.conf.py",
-                         "--bind", f"127.0.0.1:{port}", *server_args], env=env,
-                        health=f"http://127.0.0.1:{port}/healthz")
+            web = start(
+                [
+                    str(BIN / "gunicorn"),
+                    "platform.wsgi:application",
+                    "--config",
+                    "platform/gunicorn.conf.py",
+                    "--bind",
+                    f"127.0.0.1:{port}",
+                    *server_args,
+                ],
+                env=env,
+                health=f"http://127.0.0.1:{port}/healthz",
+            )
             try:
+                # A first round opens every thread's database connection and loads the engine.
+                _run(f"http://127.0.0.1:{port}", secret, args.streams)
                 results[name] = _run(f"http://127.0.0.1:{port}", secret, args.streams)
             finally:
                 stop(web)

@@ -42,7 +42,9 @@ def wait_http(url: str, process: subprocess.Popen, timeout: float = 120) -> None
             time.sleep(0.2)
 
 
-def start(args: list[str], *, env: dict[str, str] | None = None, health: str | None = None) -> subprocess.Popen:
+def start(
+    args: list[str], *, env: dict[str, str] | None = None, health: str | None = None
+) -> subprocess.Popen:
     process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     if health:
         wait_http(health, process)
@@ -77,8 +79,15 @@ def _ms(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
-def wrk(url: str, *, connections: int, seconds: int, body: dict | None = None, headers: dict[str, str] | None = None,
-        threads: int = 1) -> LoadResult:
+def wrk(
+    url: str,
+    *,
+    connections: int,
+    seconds: int,
+    body: dict | None = None,
+    headers: dict[str, str] | None = None,
+    threads: int = 1,
+) -> LoadResult:
     """Runs wrk (Debian's package) against `url` and parses requests/s and latency percentiles."""
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed: apt-get install wrk")
@@ -89,13 +98,29 @@ def wrk(url: str, *, connections: int, seconds: int, body: dict | None = None, h
         lines.append('wrk.headers["Content-Type"] = "application/json"')
     for name, value in (headers or {}).items():
         lines.append(f"wrk.headers[{json.dumps(name)}] = {json.dumps(value)}")
-    lines.append("function response(status, headers, body) if status ~= 200 then failed = (failed or 0) + 1 end end")
+    lines.append(
+        "function response(status, headers, body) if status ~= 200 then failed = (failed or 0) + 1 end end"
+    )
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write("\n".join(lines))
     try:
         output = subprocess.run(
-            ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--latency", "-s", script.name, url],
-            capture_output=True, text=True, check=True,
+            [
+                "wrk",
+                "-t",
+                str(threads),
+                "-c",
+                str(connections),
+                "-d",
+                f"{seconds}s",
+                "--latency",
+                "-s",
+                script.name,
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
     finally:
         os.unlink(script.name)

@@ -20,8 +20,9 @@ from typing import Any
 
 Scope = dict[str, Any]
 
-_MODELS = json.dumps({"object": "list", "data": [{"id": "fake-model", "object": "model", "created": 0,
-                                                   "owned_by": "bench"}]}).encode()
+_MODELS = json.dumps(
+    {"object": "list", "data": [{"id": "fake-model", "object": "model", "created": 0, "owned_by": "bench"}]}
+).encode()
 
 
 async def _read_body(receive: Any) -> bytes:
@@ -34,8 +35,16 @@ async def _read_body(receive: Any) -> bytes:
 
 
 async def _send_json(send: Any, status: int, payload: bytes) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": payload})
 
 
@@ -70,7 +79,11 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
     count = max(1, min(int(request.get("max_tokens") or request.get("max_completion_tokens") or 16), 64))
     words = [f"tok{i} " for i in range(count)]
     prompt_tokens = len(prompt.split()) or 1
-    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": count, "total_tokens": prompt_tokens + count}
+    usage = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": count,
+        "total_tokens": prompt_tokens + count,
+    }
     ident, created, model = "cmpl-fake", int(time.time()), request.get("model", "fake-model")
     if not request.get("stream"):
         choice: dict[str, Any] = {"index": 0, "finish_reason": "length", "logprobs": None}
@@ -78,11 +91,19 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
             choice["message"] = {"role": "assistant", "content": "".join(words)}
         else:
             choice["text"] = "".join(words)
-        body = {"id": ident, "object": "chat.completion" if chat else "text_completion", "created": created,
-                "model": model, "choices": [choice], "usage": usage}
+        body = {
+            "id": ident,
+            "object": "chat.completion" if chat else "text_completion",
+            "created": created,
+            "model": model,
+            "choices": [choice],
+            "usage": usage,
+        }
         await _send_json(send, 200, json.dumps(body).encode())
         return
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]}
+    )
     slow = "SLOW_STREAM" in prompt
     kind = "chat.completion.chunk" if chat else "text_completion"
     for index, word in enumerate(words):
@@ -93,12 +114,29 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
         else:
             choice["text"] = word
         chunk = {"id": ident, "object": kind, "created": created, "model": model, "choices": [choice]}
-        await send({"type": "http.response.body", "body": b"data: " + json.dumps(chunk).encode() + b"\n\n",
-                    "more_body": True})
+        await send(
+            {
+                "type": "http.response.body",
+                "body": b"data: " + json.dumps(chunk).encode() + b"\n\n",
+                "more_body": True,
+            }
+        )
         if slow:
             await asyncio.sleep(0.05)
     if (request.get("stream_options") or {}).get("include_usage"):
-        chunk = {"id": ident, "object": kind, "created": created, "model": model, "choices": [], "usage": usage}
-        await send({"type": "http.response.body", "body": b"data: " + json.dumps(chunk).encode() + b"\n\n",
-                    "more_body": True})
+        chunk = {
+            "id": ident,
+            "object": kind,
+            "created": created,
+            "model": model,
+            "choices": [],
+            "usage": usage,
+        }
+        await send(
+            {
+                "type": "http.response.body",
+                "body": b"data: " + json.dumps(chunk).encode() + b"\n\n",
+                "more_body": True,
+            }
+        )
     await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})

@@ -1,6 +1,6 @@
 """One error shape for everything under /api/ and /v1/, the one OpenAI clients parse:
 
-    {"error": {"message": str, "type": str, "param": str | None, "code": str | None}}
+{"error": {"message": str, "type": str, "param": str | None, "code": str | None}}
 """
 
 from __future__ import annotations

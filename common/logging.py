@@ -7,9 +7,7 @@ import json
 import logging
 from datetime import UTC, datetime
 
-request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "request_id", default=None
-)
+request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
 _STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "request_id"}
 
@@ -30,9 +28,7 @@ class JSONFormatter(logging.Formatter):
             "message": record.getMessage(),
             "request_id": getattr(record, "request_id", None),
         }
-        payload.update(
-            {k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS and k[0] != "_"}
-        )
+        payload.update({k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS and k[0] != "_"})
         if record.exc_info:
             payload["exception"] = self.formatException(record.exc_info)
         return json.dumps(payload, default=str)

@@ -5,15 +5,11 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Histogram
 
-REQUESTS = Counter(
-    "llmp_http_requests_total", "HTTP requests served.", ["method", "route", "status"]
-)
+REQUESTS = Counter("llmp_http_requests_total", "HTTP requests served.", ["method", "route", "status"])
 REQUEST_LATENCY = Histogram(
     "llmp_http_request_duration_seconds",
     "Time to produce the response headers.",
     ["route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
-TOKENS = Counter(
-    "llmp_tokens_total", "Tokens processed by inference.", ["kind", "model"]
-)
+TOKENS = Counter("llmp_tokens_total", "Tokens processed by inference.", ["kind", "model"])

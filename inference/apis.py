@@ -9,7 +9,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.context import AuthContext
+from accounts.context import auth_context
 from accounts.scopes import GENERATE
 from common.errors import NotFound
 from inference import openai_format
@@ -37,7 +37,9 @@ def stream_error_event(exc: Exception) -> bytes:
     from common.errors import APIError, error_body
 
     if isinstance(exc, APIError):
-        body = error_body(message=exc.message, type=exc.type or "server_error", param=exc.param, code=exc.code)
+        body = error_body(
+            message=exc.message, type=exc.type or "server_error", param=exc.param, code=exc.code
+        )
     else:
         body = error_body(message="The generation failed.", type="server_error", code="internal_error")
     return openai_format.sse(body, event="error")
@@ -52,10 +54,14 @@ class StatusApi(APIView):
             "EngineStatus",
             {
                 "state": serializers.ChoiceField(choices=["idle", "loading", "ready", "failed"]),
-                "backend": serializers.CharField(), "model": serializers.CharField(),
-                "device": serializers.CharField(), "error": serializers.CharField(allow_null=True),
-                "active_requests": serializers.IntegerField(), "queued_requests": serializers.IntegerField(),
-                "max_batch_size": serializers.IntegerField(), "context_length": serializers.IntegerField(allow_null=True),
+                "backend": serializers.CharField(),
+                "model": serializers.CharField(),
+                "device": serializers.CharField(),
+                "error": serializers.CharField(allow_null=True),
+                "active_requests": serializers.IntegerField(),
+                "queued_requests": serializers.IntegerField(),
+                "max_batch_size": serializers.IntegerField(),
+                "context_length": serializers.IntegerField(allow_null=True),
             },
         ),
         description="Whether the model is loading, ready or failed; which model, backend and device; how busy.",
@@ -73,18 +79,20 @@ class GenerateApi(APIView):
         responses={200: GenerateOutputSerializer},
         description=(
             "Generates text from a prompt. With `stream: true` the answer is server-sent events: "
-            "`event: token` with `{\"text\"}` deltas, then one `event: done` carrying the whole "
+            '`event: token` with `{"text"}` deltas, then one `event: done` carrying the whole '
             "`{output, meta}` body."
         ),
     )
     def post(self, request: Request) -> Response | StreamingHttpResponse:
         serializer = GenerateInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        context: AuthContext = request.auth
+        context = auth_context(request)
         spec = serializer.to_spec()
         request_id = request._request.request_id  # type: ignore[attr-defined]
         if serializer.validated_data["stream"]:
-            session = generation_stream_open(context=context, spec=spec, request_id=request_id, endpoint="generate")
+            session = generation_stream_open(
+                context=context, spec=spec, request_id=request_id, endpoint="generate"
+            )
             return sse_response(_generate_events(session))
         outcome = generation_run(context=context, spec=spec, request_id=request_id, endpoint="generate")
         return Response(outcome.generate_body())
@@ -126,7 +134,9 @@ class JobCreateApi(APIView):
         if serializer.validated_data["stream"]:
             raise serializers.ValidationError({"stream": "Jobs do not stream; use generate/ to stream."})
         job = job_create(
-            context=request.auth, spec=serializer.to_spec(), request_id=request._request.request_id  # type: ignore[attr-defined]
+            context=auth_context(request),
+            spec=serializer.to_spec(),
+            request_id=request._request.request_id,  # type: ignore[attr-defined]
         )
         job.refresh_from_db()
         response = Response(JobOutputSerializer(job).data, status=202)
@@ -137,9 +147,12 @@ class JobCreateApi(APIView):
 class JobDetailApi(APIView):
     required_scope = GENERATE
 
-    @extend_schema(tags=["inference"], responses={200: JobOutputSerializer, 404: OpenApiResponse(description="Unknown job")})
+    @extend_schema(
+        tags=["inference"],
+        responses={200: JobOutputSerializer, 404: OpenApiResponse(description="Unknown job")},
+    )
     def get(self, request: Request, job_id: str) -> Response:
-        job = job_get(organization=request.auth.organization, job_id=str(job_id))
+        job = job_get(organization=auth_context(request).organization, job_id=str(job_id))
         if job is None:
             raise NotFound("No such job.", param="job_id")
         return Response(JobOutputSerializer(job).data)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -13,6 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.context import auth_context
 from accounts.scopes import GENERATE
 from inference import openai_format
 from inference.apis import sse_response, stream_error_event
@@ -23,7 +24,6 @@ from inference.serializers import (
     OpenAIInputSerializer,
 )
 from inference.services import (
-    GenerationOutcome,
     GenerationSession,
     ModelNotFoundError,
     embedding_model_name,
@@ -35,42 +35,15 @@ from inference.services import (
 
 
 def _openai_stream(
-    session: GenerationSession,
-    *,
-    chunk: Callable[..., dict[str, Any]],
-    first: dict[str, Any] | None,
-    include_usage: bool,
-    id: str,
-    model: str,
+    session: GenerationSession, *, chat: bool, include_usage: bool, id: str, model: str
 ) -> Iterator[bytes]:
     try:
-        if first is not None:
-            yield openai_format.sse(chunk(id=id, model=model, **first))
-        for event in session.events():
-            if isinstance(event, GenerationOutcome):
-                yield openai_format.sse(chunk(id=id, model=model, **_final(chunk, event)))
-                if include_usage:
-                    usage = openai_format.usage(event.prompt_tokens, event.completion_tokens)
-                    yield openai_format.sse(chunk(id=id, model=model, **_empty(chunk), usage_body=usage))
-            else:
-                yield openai_format.sse(chunk(id=id, model=model, **_delta(chunk, event)))
+        yield from openai_format.stream_body(
+            chat=chat, id=id, model=model, include_usage=include_usage, events=session.events()
+        )
     except Exception as exc:
         yield stream_error_event(exc)
-    yield openai_format.sse("[DONE]")
-
-
-def _delta(chunk: Callable[..., Any], text: str) -> dict[str, Any]:
-    return {"delta": {"content": text}} if chunk is openai_format.chat_chunk else {"text": text}
-
-
-def _final(chunk: Callable[..., Any], outcome: GenerationOutcome) -> dict[str, Any]:
-    if chunk is openai_format.chat_chunk:
-        return {"delta": {}, "finish_reason": outcome.finish_reason}
-    return {"text": "", "finish_reason": outcome.finish_reason}
-
-
-def _empty(chunk: Callable[..., Any]) -> dict[str, Any]:
-    return {"delta": None} if chunk is openai_format.chat_chunk else {"text": None}
+        yield openai_format.sse("[DONE]")
 
 
 class _CompletionsBase(APIView):
@@ -86,22 +59,29 @@ class _CompletionsBase(APIView):
         is_chat = self.endpoint == "chat.completions"
         completion_id = openai_format.new_id("chatcmpl" if is_chat else "cmpl")
         if serializer.validated_data["stream"]:
-            session = generation_stream_open(context=request.auth, spec=spec, request_id=request_id, endpoint=self.endpoint)
+            session = generation_stream_open(
+                context=auth_context(request), spec=spec, request_id=request_id, endpoint=self.endpoint
+            )
             events = _openai_stream(
                 session,
-                chunk=openai_format.chat_chunk if is_chat else openai_format.completion_chunk,
-                first={"delta": {"role": "assistant", "content": ""}} if is_chat else None,
+                chat=is_chat,
                 include_usage=serializer.include_usage,
                 id=completion_id,
                 model=model_name(),
             )
             return sse_response(events)
-        outcome = generation_run(context=request.auth, spec=spec, request_id=request_id, endpoint=self.endpoint)
+        outcome = generation_run(
+            context=auth_context(request), spec=spec, request_id=request_id, endpoint=self.endpoint
+        )
         build = openai_format.chat_completion if is_chat else openai_format.completion
         return Response(
             build(
-                id=completion_id, model=outcome.model, text=outcome.text, finish_reason=outcome.finish_reason,
-                prompt_tokens=outcome.prompt_tokens, completion_tokens=outcome.completion_tokens,
+                id=completion_id,
+                model=outcome.model,
+                text=outcome.text,
+                finish_reason=outcome.finish_reason,
+                prompt_tokens=outcome.prompt_tokens,
+                completion_tokens=outcome.completion_tokens,
             )
         )
 
@@ -110,8 +90,12 @@ class ChatCompletionsApi(_CompletionsBase):
     serializer_class = ChatCompletionInputSerializer
     endpoint = "chat.completions"
 
-    @extend_schema(tags=["openai"], request=ChatCompletionInputSerializer, responses={200: dict},
-                   description="OpenAI chat completions, streaming included (`stream_options.include_usage`).")
+    @extend_schema(
+        tags=["openai"],
+        request=ChatCompletionInputSerializer,
+        responses={200: dict},
+        description="OpenAI chat completions, streaming included (`stream_options.include_usage`).",
+    )
     def post(self, request: Request) -> Response | StreamingHttpResponse:
         return super().post(request)
 
@@ -139,7 +123,8 @@ class EmbeddingsApi(APIView):
                 param="model",
             )
         outcome = embeddings_create(
-            context=request.auth, texts=serializer.validated_data["input"],
+            context=auth_context(request),
+            texts=serializer.validated_data["input"],
             request_id=request._request.request_id,  # type: ignore[attr-defined]
             end_user=serializer.validated_data.get("user"),
         )
@@ -165,8 +150,15 @@ class ModelsApi(APIView):
 
     @extend_schema(tags=["openai"], responses={200: dict})
     def get(self, request: Request) -> Response:
-        return Response({"object": "list", "data": [openai_format.model_card(model_name()),
-                                                     openai_format.model_card(embedding_model_name())]})
+        return Response(
+            {
+                "object": "list",
+                "data": [
+                    openai_format.model_card(model_name()),
+                    openai_format.model_card(embedding_model_name()),
+                ],
+            }
+        )
 
 
 class ModelDetailApi(APIView):

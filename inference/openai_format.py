@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any
+from collections.abc import Iterable, Iterator
+from typing import Any, Protocol
 
 
 def new_id(kind: str) -> str:
@@ -42,7 +43,11 @@ def chat_completion(
 
 
 def chat_chunk(
-    *, id: str, model: str, delta: dict[str, Any] | None, finish_reason: str | None = None,
+    *,
+    id: str,
+    model: str,
+    delta: dict[str, Any] | None,
+    finish_reason: str | None = None,
     usage_body: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
@@ -50,9 +55,9 @@ def chat_chunk(
         "object": "chat.completion.chunk",
         "created": int(time.time()),
         "model": model,
-        "choices": [] if delta is None else [
-            {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-        ],
+        "choices": []
+        if delta is None
+        else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
     }
     if usage_body is not None:
         body["usage"] = usage_body
@@ -73,7 +78,11 @@ def completion(
 
 
 def completion_chunk(
-    *, id: str, model: str, text: str | None, finish_reason: str | None = None,
+    *,
+    id: str,
+    model: str,
+    text: str | None,
+    finish_reason: str | None = None,
     usage_body: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
@@ -81,9 +90,9 @@ def completion_chunk(
         "object": "text_completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [] if text is None else [
-            {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
-        ],
+        "choices": []
+        if text is None
+        else [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}],
     }
     if usage_body is not None:
         body["usage"] = usage_body
@@ -98,3 +107,43 @@ def sse(data: dict[str, Any] | str, event: str | None = None) -> bytes:
     payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
     prefix = f"event: {event}\n" if event else ""
     return f"{prefix}data: {payload}\n\n".encode()
+
+
+class Finished(Protocol):
+    """The end of a generation, as the engine's result or the gateway's outcome tell it."""
+
+    @property
+    def finish_reason(self) -> str: ...
+
+    @property
+    def prompt_tokens(self) -> int: ...
+
+    @property
+    def completion_tokens(self) -> int: ...
+
+
+def stream_body(
+    *, chat: bool, id: str, model: str, include_usage: bool, events: Iterable[str | Finished]
+) -> Iterator[bytes]:
+    """The server-sent events of a streamed (chat) completion: text deltas, a final chunk with
+    the finish reason, the usage chunk when asked for, then `[DONE]`."""
+    if chat:
+        yield sse(chat_chunk(id=id, model=model, delta={"role": "assistant", "content": ""}))
+    for event in events:
+        if isinstance(event, str):
+            if chat:
+                yield sse(chat_chunk(id=id, model=model, delta={"content": event}))
+            else:
+                yield sse(completion_chunk(id=id, model=model, text=event))
+            continue
+        if chat:
+            yield sse(chat_chunk(id=id, model=model, delta={}, finish_reason=event.finish_reason))
+        else:
+            yield sse(completion_chunk(id=id, model=model, text="", finish_reason=event.finish_reason))
+        if include_usage:
+            totals = usage(event.prompt_tokens, event.completion_tokens)
+            if chat:
+                yield sse(chat_chunk(id=id, model=model, delta=None, usage_body=totals))
+            else:
+                yield sse(completion_chunk(id=id, model=model, text=None, usage_body=totals))
+    yield sse("[DONE]")

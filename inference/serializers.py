@@ -85,7 +85,9 @@ class MessageSerializer(serializers.Serializer):
         if isinstance(value, str):
             return value
         if isinstance(value, list):
-            return "".join(p.get("text", "") for p in value if isinstance(p, dict) and p.get("type") == "text")
+            return "".join(
+                p.get("text", "") for p in value if isinstance(p, dict) and p.get("type") == "text"
+            )
         raise serializers.ValidationError("content must be a string or a list of text parts.")
 
 
@@ -97,11 +99,18 @@ class OpenAIInputSerializer(SamplingSerializer):
 
     def _spec(self, **kwargs: Any) -> GenerationSpec:
         data = self.validated_data
-        max_tokens = data.get("max_completion_tokens") or data.get("max_tokens") or settings.DEFAULT_MAX_TOKENS
+        max_tokens = (
+            data.get("max_completion_tokens") or data.get("max_tokens") or settings.DEFAULT_MAX_TOKENS
+        )
         return GenerationSpec(
-            temperature=data["temperature"], top_p=data["top_p"], max_tokens=max_tokens,
-            stop=data.get("stop", ()), seed=data.get("seed"), end_user=data.get("user"),
-            model=data.get("model"), **kwargs,
+            temperature=data["temperature"],
+            top_p=data["top_p"],
+            max_tokens=max_tokens,
+            stop=data.get("stop", ()),
+            seed=data.get("seed"),
+            end_user=data.get("user"),
+            model=data.get("model"),
+            **kwargs,
         )
 
     @property
@@ -114,7 +123,9 @@ class ChatCompletionInputSerializer(OpenAIInputSerializer):
     messages = MessageSerializer(many=True, allow_empty=False)
 
     def to_spec(self) -> GenerationSpec:
-        messages = tuple({"role": m["role"], "content": m["content"]} for m in self.validated_data["messages"])
+        messages = tuple(
+            {"role": m["role"], "content": m["content"]} for m in self.validated_data["messages"]
+        )
         return self._spec(messages=messages)
 
 

@@ -28,8 +28,14 @@ from inference.engine import (
 )
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
-_STATUS_TEXT = {200: "200 OK", 400: "400 Bad Request", 404: "404 Not Found", 405: "405 Method Not Allowed",
-                500: "500 Internal Server Error", 503: "503 Service Unavailable"}
+_STATUS_TEXT = {
+    200: "200 OK",
+    400: "400 Bad Request",
+    404: "404 Not Found",
+    405: "405 Method Not Allowed",
+    500: "500 Internal Server Error",
+    503: "503 Service Unavailable",
+}
 
 
 def config_from_env(environ: dict[str, str]) -> EngineConfig:
@@ -51,8 +57,14 @@ class BadRequest(Exception):
         self.param = param
 
 
-def _error(status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
-           code: str | None = None) -> tuple[int, dict[str, Any]]:
+def _error(
+    status: int,
+    message: str,
+    *,
+    type: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
+) -> tuple[int, dict[str, Any]]:
     return status, {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
@@ -75,15 +87,20 @@ def parse_request(body: dict[str, Any], *, chat: bool) -> GenerationRequest:
     if top_p == 0:
         raise BadRequest("top_p must be greater than 0.", "top_p")
     params = SamplingParams(
-        temperature=_number(body, "temperature", 0.7, 0.0, 2.0), top_p=top_p, max_tokens=max_tokens,
-        stop=stop, seed=body.get("seed"),
+        temperature=_number(body, "temperature", 0.7, 0.0, 2.0),
+        top_p=top_p,
+        max_tokens=max_tokens,
+        stop=stop,
+        seed=body.get("seed"),
     )
     if chat:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise BadRequest("messages must be a non-empty list.", "messages")
         return GenerationRequest(
-            messages=tuple({"role": str(m.get("role")), "content": str(m.get("content") or "")} for m in messages),
+            messages=tuple(
+                {"role": str(m.get("role")), "content": str(m.get("content") or "")} for m in messages
+            ),
             params=params,
         )
     prompt = body.get("prompt")
@@ -103,8 +120,11 @@ class InferenceServer:
                 status = self.handler.status()
                 return self._json(start_response, 200 if status.state != "failed" else 503, vars(status))
             if path == "/v1/models" and method == "GET":
-                return self._json(start_response, 200, {"object": "list",
-                                                         "data": [openai_format.model_card(self.handler.status().model)]})
+                return self._json(
+                    start_response,
+                    200,
+                    {"object": "list", "data": [openai_format.model_card(self.handler.status().model)]},
+                )
             if path in ("/v1/chat/completions", "/v1/completions"):
                 if method != "POST":
                     return self._json(start_response, *_error(405, "Use POST."))
@@ -113,11 +133,17 @@ class InferenceServer:
         except BadRequest as exc:
             return self._json(start_response, *_error(400, str(exc), param=exc.param))
         except ContextLengthExceeded as exc:
-            return self._json(start_response, *_error(400, str(exc), param="max_tokens", code="context_length_exceeded"))
+            return self._json(
+                start_response, *_error(400, str(exc), param="max_tokens", code="context_length_exceeded")
+            )
         except EngineUnavailable as exc:
-            return self._json(start_response, *_error(503, str(exc), type="service_unavailable", code="model_unavailable"))
+            return self._json(
+                start_response, *_error(503, str(exc), type="service_unavailable", code="model_unavailable")
+            )
 
-    def _complete(self, environ: dict[str, Any], start_response: StartResponse, *, chat: bool) -> Iterable[bytes]:
+    def _complete(
+        self, environ: dict[str, Any], start_response: StartResponse, *, chat: bool
+    ) -> Iterable[bytes]:
         try:
             length = int(environ.get("CONTENT_LENGTH") or 0)
             body = json.loads(environ["wsgi.input"].read(length) or b"null")
@@ -128,16 +154,29 @@ class InferenceServer:
         requested = body.get("model")
         served = self.handler.status().model
         if requested and requested != served:
-            return self._json(start_response, *_error(404, f"The model '{requested}' does not exist.", param="model",
-                                                      code="model_not_found"))
+            return self._json(
+                start_response,
+                *_error(
+                    404, f"The model '{requested}' does not exist.", param="model", code="model_not_found"
+                ),
+            )
         request = parse_request(body, chat=chat)
         ident = openai_format.new_id("chatcmpl" if chat else "cmpl")
         if not body.get("stream"):
             result = self.handler.generate(request)
             build = openai_format.chat_completion if chat else openai_format.completion
-            return self._json(start_response, 200, build(
-                id=ident, model=result.model, text=result.text, finish_reason=result.finish_reason,
-                prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens))
+            return self._json(
+                start_response,
+                200,
+                build(
+                    id=ident,
+                    model=result.model,
+                    text=result.text,
+                    finish_reason=result.finish_reason,
+                    prompt_tokens=result.prompt_tokens,
+                    completion_tokens=result.completion_tokens,
+                ),
+            )
         stream = self.handler.stream(request)
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         start_response("200 OK", [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")])
@@ -146,8 +185,10 @@ class InferenceServer:
     @staticmethod
     def _json(start_response: StartResponse, status: int, body: dict[str, Any]) -> list[bytes]:
         payload = json.dumps(body).encode()
-        start_response(_STATUS_TEXT.get(status, f"{status} Error"),
-                       [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))])
+        start_response(
+            _STATUS_TEXT.get(status, f"{status} Error"),
+            [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))],
+        )
         return [payload]
 
 
@@ -166,26 +207,20 @@ class _Events:
         self._stream.close()
 
     def _events(self, *, chat: bool, ident: str, model: str, include_usage: bool) -> Iterator[bytes]:
-        chunk = openai_format.chat_chunk if chat else openai_format.completion_chunk
-        if chat:
-            yield openai_format.sse(chunk(id=ident, model=model, delta={"role": "assistant", "content": ""}))
-        for event in self._stream:
-            if isinstance(event, StreamChunk):
-                if event.text:
-                    body = {"delta": {"content": event.text}} if chat else {"text": event.text}
-                    yield openai_format.sse(chunk(id=ident, model=model, **body))
-            elif isinstance(event, GenerationResult):
-                final = {"delta": {}} if chat else {"text": ""}
-                yield openai_format.sse(chunk(id=ident, model=model, finish_reason=event.finish_reason, **final))
-                if include_usage:
-                    empty = {"delta": None} if chat else {"text": None}
-                    usage = openai_format.usage(event.prompt_tokens, event.completion_tokens)
-                    yield openai_format.sse(chunk(id=ident, model=model, usage_body=usage, **empty))
-        yield openai_format.sse("[DONE]")
+        def texts_then_result() -> Iterator[str | GenerationResult]:
+            for event in self._stream:
+                if isinstance(event, StreamChunk):
+                    if event.text:
+                        yield event.text
+                else:
+                    yield event
+
+        return openai_format.stream_body(
+            chat=chat, id=ident, model=model, include_usage=include_usage, events=texts_then_result()
+        )
 
 
 def create_app(environ: dict[str, str] | None = None) -> InferenceServer:
     handler = LLMHandler(config_from_env(dict(environ if environ is not None else os.environ)))
     handler.warm_up()
     return InferenceServer(handler)
-

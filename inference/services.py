@@ -114,17 +114,26 @@ class GenerationSpec:
             prompt=self.prompt,
             messages=self.messages,
             params=SamplingParams(
-                temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens,
-                stop=self.stop, seed=self.seed,
+                temperature=self.temperature,
+                top_p=self.top_p,
+                max_tokens=self.max_tokens,
+                stop=self.stop,
+                seed=self.seed,
             ),
             request_id=request_id,
         )
 
     def to_payload(self) -> dict[str, Any]:
         return {
-            "prompt": self.prompt, "messages": list(self.messages) if self.messages else None,
-            "temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens,
-            "stop": list(self.stop), "seed": self.seed, "end_user": self.end_user, "model": self.model,
+            "prompt": self.prompt,
+            "messages": list(self.messages) if self.messages else None,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "max_tokens": self.max_tokens,
+            "stop": list(self.stop),
+            "seed": self.seed,
+            "end_user": self.end_user,
+            "model": self.model,
         }
 
     @classmethod
@@ -132,8 +141,12 @@ class GenerationSpec:
         return cls(
             prompt=payload["prompt"],
             messages=tuple(payload["messages"]) if payload["messages"] else None,
-            temperature=payload["temperature"], top_p=payload["top_p"], max_tokens=payload["max_tokens"],
-            stop=tuple(payload["stop"]), seed=payload["seed"], end_user=payload["end_user"],
+            temperature=payload["temperature"],
+            top_p=payload["top_p"],
+            max_tokens=payload["max_tokens"],
+            stop=tuple(payload["stop"]),
+            seed=payload["seed"],
+            end_user=payload["end_user"],
             model=payload["model"],
         )
 
@@ -173,13 +186,15 @@ def _engine_errors_as_api_errors(exc: Exception) -> APIError:
     raise exc
 
 
-def _admit(*, context: AuthContext, spec: GenerationSpec, request_id: str, endpoint: str) -> tuple[
-    LLMHandler, GenerationRequest, Reservation
-]:
+def _admit(
+    *, context: AuthContext, spec: GenerationSpec, request_id: str, endpoint: str
+) -> tuple[LLMHandler, GenerationRequest, Reservation]:
     handler = handler_get()
     served = model_name()
     if spec.model and spec.model != served:
-        raise ModelNotFoundError(f"The model '{spec.model}' does not exist. This server serves '{served}'.", param="model")
+        raise ModelNotFoundError(
+            f"The model '{spec.model}' does not exist. This server serves '{served}'.", param="model"
+        )
     request = spec.engine_request(request_id)
     try:
         prompt_tokens = handler.count_prompt_tokens(request)
@@ -194,8 +209,12 @@ def _admit(*, context: AuthContext, spec: GenerationSpec, request_id: str, endpo
             code="context_length_exceeded",
         )
     reservation = quota_reserve(
-        context=context, end_user=spec.end_user, endpoint=endpoint, model=served,
-        request_id=request_id, amount=prompt_tokens + spec.max_tokens,
+        context=context,
+        end_user=spec.end_user,
+        endpoint=endpoint,
+        model=served,
+        request_id=request_id,
+        amount=prompt_tokens + spec.max_tokens,
     )
     return handler, request, reservation
 
@@ -204,7 +223,9 @@ def generation_run(
     *, context: AuthContext, spec: GenerationSpec, request_id: str, endpoint: str
 ) -> GenerationOutcome:
     started = time.perf_counter()
-    handler, request, reservation = _admit(context=context, spec=spec, request_id=request_id, endpoint=endpoint)
+    handler, request, reservation = _admit(
+        context=context, spec=spec, request_id=request_id, endpoint=endpoint
+    )
     try:
         result = handler.generate(request)
     except Exception as exc:
@@ -219,8 +240,12 @@ def generation_run(
 
 def _outcome(result: GenerationResult, request_id: str, started: float) -> GenerationOutcome:
     return GenerationOutcome(
-        text=result.text, prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
-        finish_reason=result.finish_reason, model=result.model, request_id=request_id,
+        text=result.text,
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens,
+        finish_reason=result.finish_reason,
+        model=result.model,
+        request_id=request_id,
         seconds=time.perf_counter() - started,
     )
 
@@ -247,7 +272,9 @@ class GenerationSession:
                     if event.text:
                         yield event.text
                 else:
-                    self.reservation.settle(prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens)
+                    self.reservation.settle(
+                        prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens
+                    )
                     yield _outcome(event, self.request_id, self.started)
         except GeneratorExit:
             self._settle_partial(stream, status="cancelled")
@@ -271,14 +298,18 @@ class GenerationSession:
             self.reservation.release(status="error")
         else:
             self.reservation.settle(
-                prompt_tokens=partial.prompt_tokens, completion_tokens=partial.completion_tokens, status=status
+                prompt_tokens=partial.prompt_tokens,
+                completion_tokens=partial.completion_tokens,
+                status=status,
             )
 
 
 def generation_stream_open(
     *, context: AuthContext, spec: GenerationSpec, request_id: str, endpoint: str
 ) -> GenerationSession:
-    handler, request, reservation = _admit(context=context, spec=spec, request_id=request_id, endpoint=endpoint)
+    handler, request, reservation = _admit(
+        context=context, spec=spec, request_id=request_id, endpoint=endpoint
+    )
     return GenerationSession(handler=handler, request=request, reservation=reservation, request_id=request_id)
 
 
@@ -289,12 +320,18 @@ class EmbeddingOutcome:
     model: str
 
 
-def embeddings_create(*, context: AuthContext, texts: list[str], request_id: str, end_user: str | None) -> EmbeddingOutcome:
+def embeddings_create(
+    *, context: AuthContext, texts: list[str], request_id: str, end_user: str | None
+) -> EmbeddingOutcome:
     embedder = embedder_get()
     tokens = sum(embedder.count_tokens(text) for text in texts)
     reservation = quota_reserve(
-        context=context, end_user=end_user, endpoint="embeddings", model=embedding_model_name(),
-        request_id=request_id, amount=tokens,
+        context=context,
+        end_user=end_user,
+        endpoint="embeddings",
+        model=embedding_model_name(),
+        request_id=request_id,
+        amount=tokens,
     )
     try:
         vectors = embedder.embed(texts)
@@ -311,7 +348,9 @@ def embeddings_create(*, context: AuthContext, texts: list[str], request_id: str
 def job_create(*, context: AuthContext, spec: GenerationSpec, request_id: str) -> GenerationJob:
     served = model_name()
     if spec.model and spec.model != served:
-        raise ModelNotFoundError(f"The model '{spec.model}' does not exist. This server serves '{served}'.", param="model")
+        raise ModelNotFoundError(
+            f"The model '{spec.model}' does not exist. This server serves '{served}'.", param="model"
+        )
     job = GenerationJob.objects.create(
         organization=context.organization,
         api_key=context.api_key,
@@ -335,11 +374,16 @@ def _job_context(job: GenerationJob) -> AuthContext:
     api_key = APIKey.objects.filter(pk=job.api_key_id).first() if job.api_key_id else None
     membership = (
         Membership.objects.filter(user_id=job.user_id, organization_id=job.organization_id).first()
-        if job.user_id else None
+        if job.user_id
+        else None
     )
     return AuthContext(
-        organization=job.organization, scopes=frozenset(ALL_SCOPES), method="job",
-        user=job.user, membership=membership, api_key=api_key,
+        organization=job.organization,
+        scopes=frozenset(ALL_SCOPES),
+        method="job",
+        user=job.user,
+        membership=membership,
+        api_key=api_key,
     )
 
 
@@ -347,7 +391,12 @@ def job_run(*, job_id: str) -> None:
     """Runs a queued job. A job redelivered after its worker died runs again from the start;
     the first attempt's reservation expires."""
     with transaction.atomic():
-        job = GenerationJob.objects.select_for_update(of=("self",)).select_related("organization", "user").filter(pk=job_id).first()
+        job = (
+            GenerationJob.objects.select_for_update(of=("self",))
+            .select_related("organization", "user")
+            .filter(pk=job_id)
+            .first()
+        )
         if job is None or job.status in (GenerationJob.Status.SUCCEEDED, GenerationJob.Status.FAILED):
             return
         job.status = GenerationJob.Status.RUNNING
@@ -357,17 +406,28 @@ def job_run(*, job_id: str) -> None:
     spec = GenerationSpec.from_payload(job.payload)
     try:
         outcome = generation_run(
-            context=_job_context(job), spec=spec, request_id=f"{job.request_id}:{job.attempts}", endpoint="jobs"
+            context=_job_context(job),
+            spec=spec,
+            request_id=f"{job.request_id}:{job.attempts}",
+            endpoint="jobs",
         )
     except APIError as error:
         job.status = GenerationJob.Status.FAILED
-        job.error = {"message": error.message, "type": error.type or "invalid_request_error",
-                     "param": error.param, "code": error.code}
+        job.error = {
+            "message": error.message,
+            "type": error.type or "invalid_request_error",
+            "param": error.param,
+            "code": error.code,
+        }
     except Exception:
         logger.exception("Generation job %s failed", job.pk)
         job.status = GenerationJob.Status.FAILED
-        job.error = {"message": "The server had an error while running the job.", "type": "server_error",
-                     "param": None, "code": "internal_error"}
+        job.error = {
+            "message": "The server had an error while running the job.",
+            "type": "server_error",
+            "param": None,
+            "code": "internal_error",
+        }
     else:
         job.status = GenerationJob.Status.SUCCEEDED
         job.result = outcome.generate_body()

@@ -10,14 +10,37 @@ from knowledge.models import Document
 
 @admin.register(Document)
 class DocumentAdmin(admin.ModelAdmin):
-    list_display = ("title", "organization", "format", "status", "chunks_embedded", "chunks_total", "attempts",
-                    "created_at")
+    list_display = (
+        "title",
+        "organization",
+        "format",
+        "status",
+        "chunks_embedded",
+        "chunks_total",
+        "attempts",
+        "created_at",
+    )
     list_filter = ("status", "format")
     search_fields = ("title", "filename", "organization__slug")
     exclude = ("data",)
-    readonly_fields = ("organization", "title", "filename", "content_type", "format", "size_bytes", "content_hash",
-                       "status", "error", "chunks_total", "chunks_embedded", "attempts", "heartbeat_at",
-                       "created_at", "updated_at", "indexed_at")
+    readonly_fields = (
+        "organization",
+        "title",
+        "filename",
+        "content_type",
+        "format",
+        "size_bytes",
+        "content_hash",
+        "status",
+        "error",
+        "chunks_total",
+        "chunks_embedded",
+        "attempts",
+        "heartbeat_at",
+        "created_at",
+        "updated_at",
+        "indexed_at",
+    )
     actions = ("retry",)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Document]:

@@ -8,7 +8,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.context import AuthContext
+from accounts.context import auth_context
 from accounts.scopes import DOCUMENTS_READ, DOCUMENTS_WRITE, RAG
 from common.errors import NotFound
 from knowledge import services
@@ -25,7 +25,7 @@ from knowledge.serializers import (
 
 
 def _document_or_404(request: Request, document_id: int) -> Document:
-    document = document_get(organization=request.auth.organization, document_id=document_id)
+    document = document_get(organization=auth_context(request).organization, document_id=document_id)
     if document is None:
         raise NotFound("No such document.", param="document_id")
     return document
@@ -39,41 +39,65 @@ class DocumentListCreateApi(APIView):
     @extend_schema(tags=["knowledge"], responses=DocumentOutputSerializer(many=True))
     def get(self, request: Request) -> Response:
         paginator = LimitOffsetPagination()
-        page = paginator.paginate_queryset(document_list(organization=request.auth.organization), request, view=self)
+        page = paginator.paginate_queryset(
+            document_list(organization=auth_context(request).organization), request, view=self
+        )
         return paginator.get_paginated_response(DocumentOutputSerializer(page, many=True).data)
 
     @extend_schema(
         tags=["knowledge"],
         request={
-            "multipart/form-data": inline_serializer("DocumentUpload", {"file": serializers.FileField(),
-                                                                        "title": serializers.CharField(required=False)}),
+            "multipart/form-data": inline_serializer(
+                "DocumentUpload",
+                {"file": serializers.FileField(), "title": serializers.CharField(required=False)},
+            ),
             "application/json": DocumentTextInputSerializer,
         },
         responses={202: DocumentOutputSerializer},
-        examples=[OpenApiExample("text", value={"title": "Notes", "text": "Classes bundle data and behaviour."},
-                                 request_only=True)],
+        examples=[
+            OpenApiExample(
+                "text",
+                value={"title": "Notes", "text": "Classes bundle data and behaviour."},
+                request_only=True,
+            )
+        ],
         description="Plain text, Markdown, HTML, PDF or DOCX. Answers 202; poll the document until `indexed` "
-                    "or `failed`. The same content uploaded again returns the existing document.",
+        "or `failed`. The same content uploaded again returns the existing document.",
     )
     def post(self, request: Request) -> Response:
-        context: AuthContext = request.auth
+        context = auth_context(request)
         if "file" in request.FILES:
             upload = request.FILES["file"]
             data = upload.read()
             outcome = services.document_upload(
-                organization=context.organization, data=data, filename=upload.name or "upload",
-                content_type=upload.content_type, title=request.data.get("title") or None,
+                organization=context.organization,
+                data=data,
+                filename=upload.name or "upload",
+                content_type=upload.content_type,
+                title=str(request.data.get("title") or "") or None,  # type: ignore[union-attr]
             )
         else:
             serializer = DocumentTextInputSerializer(data=request.data)
             serializer.is_valid(raise_exception=True)
             title = serializer.validated_data["title"]
             outcome = services.document_upload(
-                organization=context.organization, data=serializer.validated_data["text"].encode(),
-                filename=f"{title}.txt", content_type="text/plain", title=title,
+                organization=context.organization,
+                data=serializer.validated_data["text"].encode(),
+                filename=f"{title}.txt",
+                content_type="text/plain",
+                title=title,
             )
-        outcome.document.refresh_from_db(fields=["status", "error", "chunks_total", "chunks_embedded", "attempts",
-                                                 "indexed_at", "updated_at"])
+        outcome.document.refresh_from_db(
+            fields=[
+                "status",
+                "error",
+                "chunks_total",
+                "chunks_embedded",
+                "attempts",
+                "indexed_at",
+                "updated_at",
+            ]
+        )
         body = {**DocumentOutputSerializer(outcome.document).data, "duplicate": outcome.duplicate}
         return Response(body, status=200 if outcome.duplicate else 202)
 
@@ -105,32 +129,49 @@ class DocumentRetryApi(APIView):
 class SearchApi(APIView):
     required_scope = DOCUMENTS_READ
 
-    @extend_schema(tags=["knowledge"], request=SearchInputSerializer,
-                   responses=inline_serializer("SearchResults", {"data": SourceSerializer(many=True)}))
+    @extend_schema(
+        tags=["knowledge"],
+        request=SearchInputSerializer,
+        responses=inline_serializer("SearchResults", {"data": SourceSerializer(many=True)}),
+    )
     def post(self, request: Request) -> Response:
         serializer = SearchInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        hits = services.search(organization=request.auth.organization, query=data["query"], top_k=data["top_k"],
-                               document_ids=data.get("document_ids"), min_score=data.get("min_score"))
+        hits = services.search(
+            organization=auth_context(request).organization,
+            query=data["query"],
+            top_k=data["top_k"],
+            document_ids=data.get("document_ids"),
+            min_score=data.get("min_score"),
+        )
         return Response({"object": "list", "data": SourceSerializer(hits, many=True).data})
 
 
 class RagApi(APIView):
     required_scope = RAG
 
-    @extend_schema(tags=["knowledge"], request=OpenApiRequest(RagInputSerializer), responses=RagOutputSerializer,
-                   description="generate/ over the caller's documents: retrieves `top_k` passages, answers with "
-                               "numbered sources, and returns them in `sources` for citation.")
+    @extend_schema(
+        tags=["knowledge"],
+        request=OpenApiRequest(RagInputSerializer),
+        responses=RagOutputSerializer,
+        description="generate/ over the caller's documents: retrieves `top_k` passages, answers with "
+        "numbered sources, and returns them in `sources` for citation.",
+    )
     def post(self, request: Request) -> Response:
         serializer = RagInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         outcome = services.rag_answer(
-            context=request.auth, spec=serializer.to_spec(), top_k=serializer.validated_data["top_k"],
+            context=auth_context(request),
+            spec=serializer.to_spec(),
+            top_k=serializer.validated_data["top_k"],
             document_ids=serializer.validated_data.get("document_ids"),
             request_id=request._request.request_id,  # type: ignore[attr-defined]
         )
-        body = {**outcome.generation.generate_body(), "sources": SourceSerializer(outcome.sources, many=True).data}
+        body = {
+            **outcome.generation.generate_body(),
+            "sources": SourceSerializer(outcome.sources, many=True).data,
+        }
         if outcome.note:
             body["note"] = outcome.note
         return Response(body)

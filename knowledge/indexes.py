@@ -31,9 +31,9 @@ def org_key(organization: Organization | int) -> str:
 
 def index_rebuild(*, organization: Organization) -> int:
     """Rebuilds the organization's index from the chunks of its indexed documents."""
-    rows = Chunk.objects.filter(organization=organization, document__status=Document.Status.INDEXED).values_list(
-        "pk", "embedding"
-    )
+    rows = Chunk.objects.filter(
+        organization=organization, document__status=Document.Status.INDEXED
+    ).values_list("pk", "embedding")
     ids, vectors = [], []
     for pk, embedding in rows.iterator(chunk_size=2000):
         ids.append(pk)
@@ -42,5 +42,7 @@ def index_rebuild(*, organization: Organization) -> int:
     if not ids:
         store.drop(org_key=org_key(organization))
         return 0
-    store.rebuild(org_key=org_key(organization), ids=np.asarray(ids, dtype=np.int64), vectors=np.vstack(vectors))
+    store.rebuild(
+        org_key=org_key(organization), ids=np.asarray(ids, dtype=np.int64), vectors=np.vstack(vectors)
+    )
     return len(ids)

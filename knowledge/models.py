@@ -61,5 +61,7 @@ class Chunk(models.Model):
 
     class Meta:
         ordering = ("document_id", "position")
-        constraints = [models.UniqueConstraint(fields=("document", "position"), name="one_chunk_per_position")]
+        constraints = [
+            models.UniqueConstraint(fields=("document", "position"), name="one_chunk_per_position")
+        ]
         indexes = [models.Index(fields=("organization", "document"))]

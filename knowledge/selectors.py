@@ -21,7 +21,9 @@ def chunks_by_ids(*, organization: Organization, chunk_ids: Iterable[int]) -> di
     """Chunks of indexed documents of this organization only: an id from another tenant, or of a
     deleted or re-ingesting document, is simply absent."""
     chunks = (
-        Chunk.objects.filter(organization=organization, pk__in=list(chunk_ids), document__status=Document.Status.INDEXED)
+        Chunk.objects.filter(
+            organization=organization, pk__in=list(chunk_ids), document__status=Document.Status.INDEXED
+        )
         .select_related("document")
         .defer("embedding", "document__data")
     )
@@ -30,7 +32,9 @@ def chunks_by_ids(*, organization: Organization, chunk_ids: Iterable[int]) -> di
 
 def chunk_ids_of_documents(*, organization: Organization, document_ids: Iterable[int]) -> list[int]:
     return list(
-        Chunk.objects.filter(organization=organization, document_id__in=list(document_ids)).values_list("pk", flat=True)
+        Chunk.objects.filter(organization=organization, document_id__in=list(document_ids)).values_list(
+            "pk", flat=True
+        )
     )
 
 

@@ -11,8 +11,21 @@ from knowledge.models import Document
 class DocumentOutputSerializer(serializers.ModelSerializer):
     class Meta:
         model = Document
-        fields = ("id", "title", "filename", "format", "size_bytes", "status", "error", "chunks_total",
-                  "chunks_embedded", "attempts", "created_at", "updated_at", "indexed_at")
+        fields = (
+            "id",
+            "title",
+            "filename",
+            "format",
+            "size_bytes",
+            "status",
+            "error",
+            "chunks_total",
+            "chunks_embedded",
+            "attempts",
+            "created_at",
+            "updated_at",
+            "indexed_at",
+        )
 
 
 class DocumentTextInputSerializer(serializers.Serializer):
@@ -23,7 +36,9 @@ class DocumentTextInputSerializer(serializers.Serializer):
 class SearchInputSerializer(serializers.Serializer):
     query = serializers.CharField()
     top_k = serializers.IntegerField(min_value=1, max_value=50, default=5)
-    document_ids = serializers.ListField(child=serializers.IntegerField(min_value=1), required=False, max_length=1000)
+    document_ids = serializers.ListField(
+        child=serializers.IntegerField(min_value=1), required=False, max_length=1000
+    )
     min_score = serializers.FloatField(min_value=-1.0, max_value=1.0, required=False)
 
 
@@ -38,7 +53,9 @@ class SourceSerializer(serializers.Serializer):
 
 class RagInputSerializer(GenerateInputSerializer):
     top_k = serializers.IntegerField(min_value=1, max_value=20, default=4)
-    document_ids = serializers.ListField(child=serializers.IntegerField(min_value=1), required=False, max_length=1000)
+    document_ids = serializers.ListField(
+        child=serializers.IntegerField(min_value=1), required=False, max_length=1000
+    )
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if attrs.get("stream"):

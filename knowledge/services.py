@@ -55,27 +55,39 @@ def document_upload(
         raise APIError("The document is empty.", param="file", code="empty_document")
     if len(data) > settings.KNOWLEDGE_MAX_UPLOAD_BYTES:
         raise PayloadTooLarge(
-            f"The document is {len(data)} bytes; the limit is {settings.KNOWLEDGE_MAX_UPLOAD_BYTES}.", param="file"
+            f"The document is {len(data)} bytes; the limit is {settings.KNOWLEDGE_MAX_UPLOAD_BYTES}.",
+            param="file",
         )
     try:
         document_format = sniff_format(data=data, filename=filename, content_type=content_type)
     except UnsupportedFormat as exc:
         raise UnsupportedMediaType(f"{exc}.", param="file") from exc
     except DocumentError as exc:
-        raise APIError(f"The document cannot be read: {exc}.", param="file", code="unreadable_document") from exc
+        raise APIError(
+            f"The document cannot be read: {exc}.", param="file", code="unreadable_document"
+        ) from exc
     content_hash = hashlib.sha256(data).hexdigest()
-    existing = Document.objects.filter(organization=organization, content_hash=content_hash).defer("data").first()
+    existing = (
+        Document.objects.filter(organization=organization, content_hash=content_hash).defer("data").first()
+    )
     if existing is not None:
         return UploadOutcome(document=existing, duplicate=True)
     try:
         with transaction.atomic():
             document = Document.objects.create(
-                organization=organization, title=(title or filename or "Untitled")[:300], filename=filename[:300],
-                content_type=(content_type or "")[:120], format=document_format, size_bytes=len(data),
-                content_hash=content_hash, data=data,
+                organization=organization,
+                title=(title or filename or "Untitled")[:300],
+                filename=filename[:300],
+                content_type=(content_type or "")[:120],
+                format=document_format,
+                size_bytes=len(data),
+                content_hash=content_hash,
+                data=data,
             )
     except IntegrityError:  # the same content uploaded concurrently
-        existing = Document.objects.filter(organization=organization, content_hash=content_hash).defer("data").get()
+        existing = (
+            Document.objects.filter(organization=organization, content_hash=content_hash).defer("data").get()
+        )
         return UploadOutcome(document=existing, duplicate=True)
     _queue_ingestion(document.pk)
     return UploadOutcome(document=document, duplicate=False)
@@ -95,19 +107,27 @@ def _set_status(document: Document, status: str, **fields: Any) -> None:
     document.heartbeat_at = timezone.now()
     for name, value in fields.items():
         setattr(document, name, value)
-    Document.objects.filter(pk=document.pk).update(status=status, heartbeat_at=document.heartbeat_at, **fields)
+    Document.objects.filter(pk=document.pk).update(
+        status=status, heartbeat_at=document.heartbeat_at, **fields
+    )
 
 
 def _claim(document_id: int) -> Document | None:
     """Marks the document as being parsed by this worker, unless it is done or someone else
     works on it (a fresh heartbeat)."""
     stale = timezone.now() - timedelta(seconds=settings.KNOWLEDGE_STALE_SECONDS)
-    claimable = Q(status=Document.Status.PENDING) | Q(status__in=Document.RUNNING, heartbeat_at__lt=stale) | Q(
-        status__in=Document.RUNNING, heartbeat_at__isnull=True
+    claimable = (
+        Q(status=Document.Status.PENDING)
+        | Q(status__in=Document.RUNNING, heartbeat_at__lt=stale)
+        | Q(status__in=Document.RUNNING, heartbeat_at__isnull=True)
     )
     claimed = Document.objects.filter(claimable, pk=document_id).update(
-        status=Document.Status.PARSING, heartbeat_at=timezone.now(), attempts=F("attempts") + 1, error="",
-        chunks_total=0, chunks_embedded=0,
+        status=Document.Status.PARSING,
+        heartbeat_at=timezone.now(),
+        attempts=F("attempts") + 1,
+        error="",
+        chunks_total=0,
+        chunks_embedded=0,
     )
     return Document.objects.filter(pk=document_id).first() if claimed else None
 
@@ -125,21 +145,31 @@ def document_ingest(*, document_id: int) -> None:
         _set_status(document, Document.Status.FAILED, error=str(exc))
     except Exception as exc:
         logger.exception("Ingestion of document %s failed", document.pk)
-        _set_status(document, Document.Status.FAILED, error=f"Internal error while ingesting: {type(exc).__name__}")
+        _set_status(
+            document, Document.Status.FAILED, error=f"Internal error while ingesting: {type(exc).__name__}"
+        )
 
 
 def _ingest(document: Document) -> None:
-    parsed = extract_text(data=bytes(document.data), filename=document.filename or document.title,
-                          content_type=document.content_type or None)
+    parsed = extract_text(
+        data=bytes(document.data),
+        filename=document.filename or document.title,
+        content_type=document.content_type or None,
+    )
     title = document.title or parsed.title or document.filename
     _set_status(document, Document.Status.CHUNKING)
     embedder = embedder_get()
-    pieces = chunk_text(text=parsed.text, title=title, tokenizer=embedder.tokenizer, max_tokens=embedder.max_tokens,
-                        overlap_tokens=settings.KNOWLEDGE_CHUNK_OVERLAP_TOKENS)
+    pieces = chunk_text(
+        text=parsed.text,
+        title=title,
+        tokenizer=embedder.tokenizer,
+        max_tokens=embedder.max_tokens,
+        overlap_tokens=settings.KNOWLEDGE_CHUNK_OVERLAP_TOKENS,
+    )
     Chunk.objects.filter(document=document).delete()  # a previous attempt's chunks
     _set_status(document, Document.Status.EMBEDDING, chunks_total=len(pieces), chunks_embedded=0)
     batch = settings.KNOWLEDGE_EMBED_BATCH
-    groups = [pieces[start:start + batch] for start in range(0, len(pieces), batch)]
+    groups = [pieces[start : start + batch] for start in range(0, len(pieces), batch)]
     texts = [[chunk_embedding_text(chunk=c, title=title) for c in group] for group in groups]
     ids: list[int] = []
     vectors: list[np.ndarray] = []
@@ -157,17 +187,27 @@ def _ingest(document: Document) -> None:
             ids.extend(_write_chunks(document, group, embedded, done))
             vectors.append(embedded)
     if ids:
-        index_store().add(org_key=org_key(document.organization_id), ids=np.asarray(ids, dtype=np.int64),
-                          vectors=np.vstack(vectors))
+        index_store().add(
+            org_key=org_key(document.organization_id),
+            ids=np.asarray(ids, dtype=np.int64),
+            vectors=np.vstack(vectors),
+        )
     _set_status(document, Document.Status.INDEXED, indexed_at=timezone.now())
 
 
 def _write_chunks(document: Document, group: list[Any], embedded: np.ndarray, done: int) -> list[int]:
     created = Chunk.objects.bulk_create(
         [
-            Chunk(organization_id=document.organization_id, document_id=document.pk, position=c.position,
-                  text=c.text, start_char=c.start_char, end_char=c.end_char, token_count=c.token_count,
-                  embedding=vector.astype(np.float32).tobytes())
+            Chunk(
+                organization_id=document.organization_id,
+                document_id=document.pk,
+                position=c.position,
+                text=c.text,
+                start_char=c.start_char,
+                end_char=c.end_char,
+                token_count=c.token_count,
+                embedding=vector.astype(np.float32).tobytes(),
+            )
             for c, vector in zip(group, embedded, strict=True)
         ]
     )
@@ -177,9 +217,15 @@ def _write_chunks(document: Document, group: list[Any], embedded: np.ndarray, do
 
 def document_retry(*, document: Document) -> Document:
     if document.status not in (Document.Status.FAILED, *Document.RUNNING):
-        raise APIError(f"Only a failed or stalled document can be retried; this one is {document.status}.",
-                       param="status", code="not_retryable", status=409)
-    Document.objects.filter(pk=document.pk).update(status=Document.Status.PENDING, heartbeat_at=None, error="")
+        raise APIError(
+            f"Only a failed or stalled document can be retried; this one is {document.status}.",
+            param="status",
+            code="not_retryable",
+            status=409,
+        )
+    Document.objects.filter(pk=document.pk).update(
+        status=Document.Status.PENDING, heartbeat_at=None, error=""
+    )
     _queue_ingestion(document.pk)
     document.refresh_from_db()
     return document
@@ -193,8 +239,11 @@ def documents_recover_stale() -> int:
     count = 0
     for document in abandoned:
         if document.attempts >= settings.KNOWLEDGE_MAX_ATTEMPTS:
-            _set_status(document, Document.Status.FAILED,
-                        error=f"Ingestion was interrupted {document.attempts} times; retry it or upload again.")
+            _set_status(
+                document,
+                Document.Status.FAILED,
+                error=f"Ingestion was interrupted {document.attempts} times; retry it or upload again.",
+            )
         else:
             with transaction.atomic():
                 _queue_ingestion(document.pk)
@@ -216,7 +265,9 @@ def document_delete(*, document: Document) -> None:
         try:
             index_store().remove(org_key=org_key(organization_id), ids=np.asarray(chunk_ids, dtype=np.int64))
         except IndexStoreError:
-            logger.warning("Index of organization %s unreadable while deleting; it will be rebuilt", organization_id)
+            logger.warning(
+                "Index of organization %s unreadable while deleting; it will be rebuilt", organization_id
+            )
 
     transaction.on_commit(remove_vectors)
 
@@ -235,7 +286,11 @@ class SearchHit:
 
 
 def search(
-    *, organization: Organization, query: str, top_k: int, document_ids: list[int] | None = None,
+    *,
+    organization: Organization,
+    query: str,
+    top_k: int,
+    document_ids: list[int] | None = None,
     min_score: float | None = None,
 ) -> list[SearchHit]:
     vector = embedder_get().embed([query])[0]
@@ -257,8 +312,16 @@ def search(
         chunk = chunks.get(hit.id)
         if chunk is None or (min_score is not None and hit.score < min_score):
             continue
-        hits.append(SearchHit(document_id=chunk.document_id, title=chunk.document.title, chunk_id=chunk.pk,
-                              position=chunk.position, score=round(float(hit.score), 6), text=chunk.text))
+        hits.append(
+            SearchHit(
+                document_id=chunk.document_id,
+                title=chunk.document.title,
+                chunk_id=chunk.pk,
+                position=chunk.position,
+                score=round(float(hit.score), 6),
+                text=chunk.text,
+            )
+        )
     return hits
 
 
@@ -284,7 +347,12 @@ class RagOutcome:
 
 
 def rag_answer(
-    *, context: AuthContext, spec: GenerationSpec, top_k: int, document_ids: list[int] | None, request_id: str,
+    *,
+    context: AuthContext,
+    spec: GenerationSpec,
+    top_k: int,
+    document_ids: list[int] | None,
+    request_id: str,
 ) -> RagOutcome:
     """Retrieves from the caller's index, builds the prompt with numbered sources and generates.
     The enriched prompt is what is counted and charged."""

@@ -24,6 +24,4 @@ _spec = importlib.util.spec_from_file_location("_stdlib_platform", _stdlib_path)
 assert _spec is not None and _spec.loader is not None
 _stdlib_platform = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_stdlib_platform)
-globals().update(
-    {name: value for name, value in vars(_stdlib_platform).items() if not name.startswith("__")}
-)
+globals().update({name: value for name, value in vars(_stdlib_platform).items() if not name.startswith("__")})

@@ -9,8 +9,8 @@ from django.conf import settings
 from django.core.cache import cache
 from rest_framework.test import APIClient
 
-from accounts.models import APIKey, Membership, Organization, User
 from accounts import services as account_services
+from accounts.models import APIKey, Membership, Organization, User
 from accounts.services import api_key_create, membership_create, organization_create, user_create
 from usage import services as usage_services
 
@@ -136,7 +136,9 @@ def fake_upstream() -> Iterator[str]:
     port = free_port()
     process = subprocess.Popen(
         [str(BIN / "uvicorn"), "bench.fake_upstream:app", "--port", str(port), "--log-level", "warning"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         wait_http(f"http://127.0.0.1:{port}/v1/models", process)
@@ -173,7 +175,9 @@ def server_env(**extra: str) -> dict[str, str]:
     env["DJANGO_SETTINGS_MODULE"] = "platform.settings.test"
     if os.environ.get("DATABASE_URL"):
         # pytest-django renamed the database to its test database.
-        env["DATABASE_URL"] = os.environ["DATABASE_URL"].rsplit("/", 1)[0] + "/" + connection.settings_dict["NAME"]
+        env["DATABASE_URL"] = (
+            os.environ["DATABASE_URL"].rsplit("/", 1)[0] + "/" + connection.settings_dict["NAME"]
+        )
     else:
         env["DATABASE_URL"] = f"sqlite:///{connection.settings_dict['NAME']}"
     for name in ("LLM_BACKEND", "LLM_MODEL", "LLM_BASE_URL", "LLM_MAX_RETRIES", "KNOWLEDGE_INDEX_DIR"):
@@ -200,9 +204,25 @@ def celery_worker_process() -> Iterator[subprocess.Popen]:
     if not django_settings.CELERY_BROKER_URL:
         pytest.skip("needs a broker: set REDIS_URL (CI does)")
     process = subprocess.Popen(
-        [str(BIN / "celery"), "-A", "platform.celery:app", "worker", "--loglevel", "WARNING", "--concurrency", "1",
-         "--pool", "prefork", "--without-heartbeat", "--without-mingle", "--without-gossip"],
-        cwd=ROOT, env=server_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            str(BIN / "celery"),
+            "-A",
+            "platform.celery:app",
+            "worker",
+            "--loglevel",
+            "WARNING",
+            "--concurrency",
+            "1",
+            "--pool",
+            "prefork",
+            "--without-heartbeat",
+            "--without-mingle",
+            "--without-gossip",
+        ],
+        cwd=ROOT,
+        env=server_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     yield process
     process.terminate()
@@ -217,9 +237,22 @@ def start_gunicorn() -> Iterator[Any]:
     def start(*, workers: int = 2, threads: int = 16) -> str:
         port = free_port()
         process = subprocess.Popen(
-            [str(BIN / "gunicorn"), "platform.wsgi:application", "--config", "platform/gunicorn.conf.py",
-             "--bind", f"127.0.0.1:{port}", "--workers", str(workers), "--threads", str(threads)],
-            cwd=ROOT, env=server_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                str(BIN / "gunicorn"),
+                "platform.wsgi:application",
+                "--config",
+                "platform/gunicorn.conf.py",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--workers",
+                str(workers),
+                "--threads",
+                str(threads),
+            ],
+            cwd=ROOT,
+            env=server_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         started.append(process)
         wait_http(f"http://127.0.0.1:{port}/healthz", process)

@@ -49,7 +49,9 @@ def test_stdlib_platform_api_works_after_libraries_import_it_first() -> None:
 def test_project_package_stands_in_for_the_stdlib_module_without_the_path_hook() -> None:
     code = "import platform, uuid; print(platform.system(), platform.__file__)"
     # -S skips site-packages, and with it the .pth hook: the project's own package is imported.
-    result = subprocess.run([sys.executable, "-S", "-c", code], cwd=ROOT, env=_env(), capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", code], cwd=ROOT, env=_env(), capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
     system, path = result.stdout.split()
     assert system == os.uname().sysname
@@ -71,8 +73,21 @@ def test_plain_pytest_finds_the_settings(tmp_path: Path) -> None:
         "def test_probe():\n    assert settings.ROOT_URLCONF == 'platform.urls'\n    assert platform.system()\n"
     )
     result = subprocess.run(
-        [str(BIN / "pytest"), "-q", "-p", "no:cacheprovider", str(test_file), "--rootdir", str(ROOT), "-c", str(ROOT / "pyproject.toml")],
-        cwd=ROOT, env=_env(), capture_output=True, text=True,
+        [
+            str(BIN / "pytest"),
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            str(test_file),
+            "--rootdir",
+            str(ROOT),
+            "-c",
+            str(ROOT / "pyproject.toml"),
+        ],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 passed" in result.stdout
@@ -82,10 +97,22 @@ def test_plain_pytest_finds_the_settings(tmp_path: Path) -> None:
 def test_gunicorn_serves_the_procfile_app() -> None:
     port = _free_port()
     server = subprocess.Popen(
-        [str(BIN / "gunicorn"), "platform.wsgi:application", "--config", "platform/gunicorn.conf.py",
-         "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "2"],
-        cwd=ROOT, env=_env(DJANGO_SETTINGS_MODULE="platform.settings.test"),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            str(BIN / "gunicorn"),
+            "platform.wsgi:application",
+            "--config",
+            "platform/gunicorn.conf.py",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "1",
+            "--threads",
+            "2",
+        ],
+        cwd=ROOT,
+        env=_env(DJANGO_SETTINGS_MODULE="platform.settings.test"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     try:
         deadline = time.monotonic() + 60
@@ -96,7 +123,7 @@ def test_gunicorn_serves_the_procfile_app() -> None:
                     break
             except OSError:
                 if server.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(server.stderr.read().decode() if server.stderr else "gunicorn died")
+                    raise AssertionError(server.stderr.read().decode() if server.stderr else "gunicorn died") from None
                 time.sleep(0.3)
     finally:
         server.terminate()
@@ -107,17 +134,45 @@ def test_gunicorn_serves_the_procfile_app() -> None:
 def test_celery_worker_of_the_procfile_starts_and_answers_a_ping() -> None:
     env = _env(DJANGO_SETTINGS_MODULE="platform.settings.test")
     worker = subprocess.Popen(
-        [str(BIN / "celery"), "-A", "platform.celery:app", "worker", "--loglevel", "INFO", "--concurrency", "1",
-         "--hostname", f"probe-{os.getpid()}@%h", "--without-heartbeat", "--without-mingle", "--without-gossip"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            str(BIN / "celery"),
+            "-A",
+            "platform.celery:app",
+            "worker",
+            "--loglevel",
+            "INFO",
+            "--concurrency",
+            "1",
+            "--hostname",
+            f"probe-{os.getpid()}@%h",
+            "--without-heartbeat",
+            "--without-mingle",
+            "--without-gossip",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     try:
         deadline = time.monotonic() + 60
         while True:
             result = subprocess.run(
-                [str(BIN / "celery"), "-A", "platform.celery:app", "inspect", "ping",
-                 "-d", f"probe-{os.getpid()}@{socket.gethostname()}", "--timeout", "2"],
-                cwd=ROOT, env=env, capture_output=True, text=True,
+                [
+                    str(BIN / "celery"),
+                    "-A",
+                    "platform.celery:app",
+                    "inspect",
+                    "ping",
+                    "-d",
+                    f"probe-{os.getpid()}@{socket.gethostname()}",
+                    "--timeout",
+                    "2",
+                ],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
             )
             if "pong" in result.stdout:
                 break

@@ -18,8 +18,17 @@ from usage.selectors import tokens_per_day, usage_report
 
 @admin.register(UsageRecord)
 class UsageRecordAdmin(admin.ModelAdmin):
-    list_display = ("created_at", "organization", "endpoint", "model", "prompt_tokens", "completion_tokens",
-                    "latency_ms", "status", "request_id")
+    list_display = (
+        "created_at",
+        "organization",
+        "endpoint",
+        "model",
+        "prompt_tokens",
+        "completion_tokens",
+        "latency_ms",
+        "status",
+        "request_id",
+    )
     list_filter = ("status", "endpoint", "model")
     search_fields = ("request_id", "organization__slug", "end_user")
     date_hierarchy = "created_at"
@@ -32,7 +41,15 @@ class UsageRecordAdmin(admin.ModelAdmin):
 
 @admin.register(UsageDaily)
 class UsageDailyAdmin(admin.ModelAdmin):
-    list_display = ("day", "organization", "model", "endpoint", "requests", "prompt_tokens", "completion_tokens")
+    list_display = (
+        "day",
+        "organization",
+        "model",
+        "endpoint",
+        "requests",
+        "prompt_tokens",
+        "completion_tokens",
+    )
     list_filter = ("day", "model")
     search_fields = ("organization__slug",)
 
@@ -55,7 +72,9 @@ class UsageDailyAdmin(admin.ModelAdmin):
             **self.admin_site.each_context(request),
             "title": f"Usage of {organization.name}",
             "organization": organization,
-            "chart": json.dumps({"labels": [d.isoformat() for d, _ in series], "tokens": [t for _, t in series]}),
+            "chart": json.dumps(
+                {"labels": [d.isoformat() for d, _ in series], "tokens": [t for _, t in series]}
+            ),
             "by_model": usage_report(organization=organization, start=start, end=end, group_by="model"),
             "start": start,
             "end": end,

@@ -10,7 +10,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.context import AuthContext
+from accounts.context import auth_context
 from accounts.scopes import USAGE_READ
 from accounts.serializers import MeOutputSerializer
 from usage.selectors import usage_report
@@ -25,7 +25,7 @@ class MeApi(APIView):
 
     @extend_schema(tags=["account"], responses=MeOutputSerializer)
     def get(self, request: Request) -> Response:
-        context: AuthContext = request.auth
+        context = auth_context(request)
         org, key, user = context.organization, context.api_key, context.user
         limits = {
             "organization": {
@@ -42,12 +42,18 @@ class MeApi(APIView):
         body = {
             "organization": {"id": org.pk, "slug": org.slug, "name": org.name, "status": org.status},
             "user": (
-                {"id": user.pk, "email": user.email, "role": context.membership.role if context.membership else None}
+                {
+                    "id": user.pk,
+                    "email": user.email,
+                    "role": context.membership.role if context.membership else None,
+                }
                 if user is not None
                 else None
             ),
             "api_key": (
-                {"name": key.name, "prefix": key.prefix, "expires_at": key.expires_at} if key is not None else None
+                {"name": key.name, "prefix": key.prefix, "expires_at": key.expires_at}
+                if key is not None
+                else None
             ),
             "auth_method": context.method,
             "scopes": sorted(context.scopes),
@@ -63,16 +69,21 @@ class UsageReportApi(APIView):
     @extend_schema(
         tags=["usage"],
         parameters=[UsageQuerySerializer],
-        responses=inline_serializer("UsageReport", {"data": UsageRowSerializer(many=True), "group_by": serializers.CharField()}),
+        responses=inline_serializer(
+            "UsageReport", {"data": UsageRowSerializer(many=True), "group_by": serializers.CharField()}
+        ),
         description="Usage of the caller's organization, one row per group. `format=csv` answers CSV.",
     )
     def get(self, request: Request) -> Response | HttpResponse:
         query = UsageQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
         params = query.validated_data
-        context: AuthContext = request.auth
+        context = auth_context(request)
         rows = usage_report(
-            organization=context.organization, start=params["start"], end=params["end"], group_by=params["group_by"]
+            organization=context.organization,
+            start=params["start"],
+            end=params["end"],
+            group_by=params["group_by"],
         )
         if params["format"] == "csv":
             buffer = io.StringIO()
@@ -86,5 +97,3 @@ class UsageReportApi(APIView):
             )
             return response
         return Response({"object": "list", "group_by": params["group_by"], "data": rows})
-
-

@@ -29,7 +29,9 @@ def budget_set(
 ) -> str:
     """Sets (or with tokens=None removes) one budget. Returns a line describing it."""
     if user_email:
-        membership = Membership.objects.filter(organization=organization, user__email=user_email.lower()).first()
+        membership = Membership.objects.filter(
+            organization=organization, user__email=user_email.lower()
+        ).first()
         if membership is None:
             raise BudgetTargetNotFound(f"{user_email} is not a member of {organization.slug}.")
         membership.token_budget = tokens
@@ -64,7 +66,11 @@ def budget_set(
 
 @transaction.atomic
 def rate_limit_set(
-    *, organization: Organization, key_prefix: str | None = None, rpm: int | None = None, tpm: int | None = None
+    *,
+    organization: Organization,
+    key_prefix: str | None = None,
+    rpm: int | None = None,
+    tpm: int | None = None,
 ) -> str:
     fields = {}
     if rpm is not None:

@@ -63,8 +63,8 @@ class Settlement:
 class Sink:
     """Where the local ledger writes records and events (the Redis ledger streams them)."""
 
-    records: Callable[[list[dict[str, Any]]], None]
-    events: Callable[[list[dict[str, Any]]], None]
+    records: Callable[[list[dict[str, Any]]], object]
+    events: Callable[[list[dict[str, Any]]], object]
 
 
 InitialUsed = Callable[[Counter], int]
@@ -84,9 +84,7 @@ class Ledger(ABC):
         """Reserves `amount` on every counter, or on none and says which one refused."""
 
     @abstractmethod
-    def settle(
-        self, *, reservation_id: str, record_update: dict[str, Any], tokens: int
-    ) -> Settlement | None:
+    def settle(self, *, reservation_id: str, record_update: dict[str, Any], tokens: int) -> Settlement | None:
         """Charges `tokens` (0 releases everything) and emits the usage record. None when the
         reservation is unknown: settled already, or expired."""
 
@@ -225,9 +223,7 @@ class RedisLedger(Ledger):
             )
         raise RuntimeError("budget counters vanished while reserving")
 
-    def settle(
-        self, *, reservation_id: str, record_update: dict[str, Any], tokens: int
-    ) -> Settlement | None:
+    def settle(self, *, reservation_id: str, record_update: dict[str, Any], tokens: int) -> Settlement | None:
         keys = [
             self._k(f"resv:{reservation_id}"),
             self._k("resv:deadlines"),
@@ -253,7 +249,9 @@ class RedisLedger(Ledger):
 
     def expire(self, *, now: float | None = None, limit: int = 500) -> int:
         deadline = now if now is not None else time.time()
-        members = self.client.zrangebyscore(self._k("resv:deadlines"), "-inf", deadline, start=0, num=limit)
+        members: list[bytes] = self.client.zrangebyscore(  # type: ignore[assignment]
+            self._k("resv:deadlines"), "-inf", deadline, start=0, num=limit
+        )
         expired = 0
         for member in members:
             reservation_id = member.decode().removeprefix(self._k("resv:"))
@@ -315,13 +313,14 @@ class LocalLedger(Ledger):
             for state in states:
                 state.reserved += amount
             self._reservations[reservation_id] = _LocalReservation(
-                amount=amount, record=dict(record), counters=list(counters), deadline=time.time() + ttl_seconds
+                amount=amount,
+                record=dict(record),
+                counters=list(counters),
+                deadline=time.time() + ttl_seconds,
             )
         return None
 
-    def settle(
-        self, *, reservation_id: str, record_update: dict[str, Any], tokens: int
-    ) -> Settlement | None:
+    def settle(self, *, reservation_id: str, record_update: dict[str, Any], tokens: int) -> Settlement | None:
         events: list[dict[str, Any]] = []
         crossed: list[str] = []
         with self._lock:

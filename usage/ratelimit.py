@@ -79,8 +79,14 @@ def _redis_remove(limits: list[_Limit], amount: int) -> None:
 
 
 def _state(kind: str, limit: _Limit, count: int, now: float) -> LimitState:
-    return LimitState(kind=kind, limit=limit.limit, remaining=max(0, limit.limit - count),
-                      reset_seconds=max(0, limit.window - int(now)), exceeded=count > limit.limit, owner=limit.owner)
+    return LimitState(
+        kind=kind,
+        limit=limit.limit,
+        remaining=max(0, limit.limit - count),
+        reset_seconds=max(0, limit.window - int(now)),
+        exceeded=count > limit.limit,
+        owner=limit.owner,
+    )
 
 
 def _tightest(states: list[LimitState]) -> LimitState | None:
@@ -101,10 +107,17 @@ def requests_hit(*, request: HttpRequest, context: AuthContext) -> LimitState | 
     else:
         counts = []
         for limit in limits:
-            usage = get_usage(request, group="rpm", key=lambda _g, _r, s=limit.subject: s,
-                              rate=(limit.limit, WINDOW_SECONDS), increment=True)
+            usage = get_usage(
+                request,
+                group="rpm",
+                key=lambda _g, _r, s=limit.subject: s,
+                rate=(limit.limit, WINDOW_SECONDS),
+                increment=True,
+            )
             counts.append(int(usage["count"]) if usage else 0)
-    return _tightest([_state("requests", limit, count, now) for limit, count in zip(limits, counts, strict=True)])
+    return _tightest(
+        [_state("requests", limit, count, now) for limit, count in zip(limits, counts, strict=True)]
+    )
 
 
 def tokens_hit(*, context: AuthContext, tokens: int) -> LimitState | None:
@@ -120,7 +133,9 @@ def tokens_hit(*, context: AuthContext, tokens: int) -> LimitState | None:
         counts = []
         for limit in limits:
             cache.add(limit.cache_key, 0, _EXPIRY)
-            counts.append(int(cache.incr(limit.cache_key, tokens)) if tokens else int(cache.get(limit.cache_key, 0)))
+            counts.append(
+                int(cache.incr(limit.cache_key, tokens)) if tokens else int(cache.get(limit.cache_key, 0))
+            )
     states = [_state("tokens", limit, count, now) for limit, count in zip(limits, counts, strict=True)]
     refused = next((i for i, s in enumerate(states) if s.exceeded), None)
     if refused is not None and tokens:
@@ -130,8 +145,14 @@ def tokens_hit(*, context: AuthContext, tokens: int) -> LimitState | None:
             for limit in limits:
                 cache.decr(limit.cache_key, tokens)
         after_rollback = _state("tokens", limits[refused], counts[refused] - tokens, now)
-        return LimitState("tokens", after_rollback.limit, after_rollback.remaining, after_rollback.reset_seconds,
-                          True, after_rollback.owner)
+        return LimitState(
+            "tokens",
+            after_rollback.limit,
+            after_rollback.remaining,
+            after_rollback.reset_seconds,
+            True,
+            after_rollback.owner,
+        )
     return _tightest(states)
 
 

@@ -19,9 +19,7 @@ GROUPS = {
 }
 
 
-def tokens_used_since(
-    *, organization_id: int, scope: str, subject: str, since: datetime | None
-) -> int:
+def tokens_used_since(*, organization_id: int, scope: str, subject: str, since: datetime | None) -> int:
     """Tokens charged to one budget since `since`, from the durable usage records."""
     records = UsageRecord.objects.filter(organization_id=organization_id)
     if since is not None:
@@ -32,9 +30,7 @@ def tokens_used_since(
         records = records.filter(user_id=int(subject))
     elif scope == "end_user":
         records = records.filter(end_user=subject)
-    total = records.aggregate(
-        total=Coalesce(Sum(F("prompt_tokens") + F("completion_tokens")), 0)
-    )["total"]
+    total = records.aggregate(total=Coalesce(Sum(F("prompt_tokens") + F("completion_tokens")), 0))["total"]
     return int(total)
 
 

@@ -60,10 +60,7 @@ def end_user_budget_get(*, organization: Organization, end_user: str) -> tuple[i
     cached = django_cache.get(cache_key)
     if cached is None:
         override = EndUserBudget.objects.filter(organization=organization, end_user=end_user).first()
-        if override is not None:
-            cached = [override.token_budget, override.budget_period]
-        else:
-            cached = []
+        cached = [override.token_budget, override.budget_period] if override is not None else []
         django_cache.set(cache_key, cached, timeout=settings.API_KEY_CACHE_SECONDS)
     if cached:
         return int(cached[0]), str(cached[1])
@@ -72,34 +69,64 @@ def end_user_budget_get(*, organization: Organization, end_user: str) -> tuple[i
     return None
 
 
-def budget_counters(*, context: AuthContext, end_user: str | None, now: datetime | None = None) -> list[Counter]:
+def budget_counters(
+    *, context: AuthContext, end_user: str | None, now: datetime | None = None
+) -> list[Counter]:
     now = now or timezone.now()
     org = context.organization
     counters = []
     if org.token_quota is not None:
         counters.append(
-            _counter(scope="organization", subject=str(org.pk), label=f"organization '{org.slug}' token quota",
-                     limit=org.token_quota, period=org.quota_period, organization_id=org.pk, now=now)
+            _counter(
+                scope="organization",
+                subject=str(org.pk),
+                label=f"organization '{org.slug}' token quota",
+                limit=org.token_quota,
+                period=org.quota_period,
+                organization_id=org.pk,
+                now=now,
+            )
         )
     membership = context.membership
     if membership is not None and membership.token_budget is not None and context.user is not None:
         counters.append(
-            _counter(scope="member", subject=str(context.user.pk), label=f"member '{context.user.email}' token budget",
-                     limit=membership.token_budget, period=membership.budget_period, organization_id=org.pk, now=now)
+            _counter(
+                scope="member",
+                subject=str(context.user.pk),
+                label=f"member '{context.user.email}' token budget",
+                limit=membership.token_budget,
+                period=membership.budget_period,
+                organization_id=org.pk,
+                now=now,
+            )
         )
     key = context.api_key
     if key is not None and key.token_budget is not None:
         counters.append(
-            _counter(scope="api_key", subject=str(key.pk), label=f"API key '{key.name}' ({key.prefix}…) token budget",
-                     limit=key.token_budget, period=key.budget_period, organization_id=org.pk, now=now)
+            _counter(
+                scope="api_key",
+                subject=str(key.pk),
+                label=f"API key '{key.name}' ({key.prefix}…) token budget",
+                limit=key.token_budget,
+                period=key.budget_period,
+                organization_id=org.pk,
+                now=now,
+            )
         )
     if end_user:
         found = end_user_budget_get(organization=org, end_user=end_user)
         if found is not None:
             limit, period = found
             counters.append(
-                _counter(scope="end_user", subject=end_user, label=f"end user '{end_user}' token budget",
-                         limit=limit, period=period, organization_id=org.pk, now=now)
+                _counter(
+                    scope="end_user",
+                    subject=end_user,
+                    label=f"end user '{end_user}' token budget",
+                    limit=limit,
+                    period=period,
+                    organization_id=org.pk,
+                    now=now,
+                )
             )
     return counters
 
@@ -155,7 +182,9 @@ class Reservation:
     started: datetime
     settled: bool = False
 
-    def settle(self, *, prompt_tokens: int, completion_tokens: int, status: str = "ok", model: str | None = None) -> None:
+    def settle(
+        self, *, prompt_tokens: int, completion_tokens: int, status: str = "ok", model: str | None = None
+    ) -> None:
         if self.settled:
             return
         self.settled = True
@@ -172,7 +201,9 @@ class Reservation:
         charged = min(self.amount, prompt_tokens + completion_tokens) if status in ("ok", "cancelled") else 0
         if status not in ("ok", "cancelled"):
             update["prompt_tokens"] = update["completion_tokens"] = 0
-        settlement = self.ledger.settle(reservation_id=self.reservation_id, record_update=update, tokens=charged)
+        settlement = self.ledger.settle(
+            reservation_id=self.reservation_id, record_update=update, tokens=charged
+        )
         if settlement is not None:
             for label in settlement.crossed_threshold:
                 logger.warning("Budget soft threshold crossed", extra={"budget": label})
@@ -276,12 +307,22 @@ def usage_records_write(records: Iterable[dict[str, Any]]) -> int:
     daily rollups, in one transaction. Returns how many were new."""
     rows = []
     for r in records:
-        created_at = datetime.fromisoformat(r["created_at"]) if isinstance(r["created_at"], str) else r["created_at"]
+        created_at = (
+            datetime.fromisoformat(r["created_at"]) if isinstance(r["created_at"], str) else r["created_at"]
+        )
         rows.append(
             (
-                r["request_id"], r["organization_id"], r.get("api_key_id"), r.get("user_id"),
-                r.get("end_user") or "", r["endpoint"], r["model"], int(r.get("prompt_tokens") or 0),
-                int(r.get("completion_tokens") or 0), int(r.get("latency_ms") or 0), r.get("status", "ok"),
+                r["request_id"],
+                r["organization_id"],
+                r.get("api_key_id"),
+                r.get("user_id"),
+                r.get("end_user") or "",
+                r["endpoint"],
+                r["model"],
+                int(r.get("prompt_tokens") or 0),
+                int(r.get("completion_tokens") or 0),
+                int(r.get("latency_ms") or 0),
+                r.get("status", "ok"),
                 created_at,
             )
         )
@@ -323,14 +364,23 @@ def usage_records_write(records: Iterable[dict[str, Any]]) -> int:
 def budget_events_write(events: Iterable[dict[str, Any]]) -> None:
     objs = [
         BudgetEvent(
-            organization_id=e["organization_id"], kind=e["kind"], budget=e["budget"],
-            period=e["period"], used=e["used"], limit=e["limit"],
+            organization_id=e["organization_id"],
+            kind=e["kind"],
+            budget=e["budget"],
+            period=e["period"],
+            used=e["used"],
+            limit=e["limit"],
         )
         for e in events
     ]
     for obj in objs:
         logger.warning(
-            "Budget %s: %s (%s of %s tokens, period %s)", obj.kind, obj.budget, obj.used, obj.limit, obj.period,
+            "Budget %s: %s (%s of %s tokens, period %s)",
+            obj.kind,
+            obj.budget,
+            obj.used,
+            obj.limit,
+            obj.period,
             extra={"organization_id": obj.organization_id},
         )
     BudgetEvent.objects.bulk_create(objs, ignore_conflicts=True)
@@ -358,7 +408,8 @@ def usage_stream_flush(*, batch_size: int = 1000, max_batches: int = 100) -> int
         client.xautoclaim(stream, _GROUP, consumer, min_idle_time=60_000, count=batch_size)
         for _ in range(max_batches):
             # Pending entries of this consumer first (id "0"), then new ones (">").
-            entries = client.xreadgroup(_GROUP, consumer, {stream: "0"}, count=batch_size)
+            # redis-py types stream replies loosely (RESP2 and RESP3 shapes); this is RESP2's.
+            entries: Any = client.xreadgroup(_GROUP, consumer, {stream: "0"}, count=batch_size)
             if not entries or not entries[0][1]:
                 entries = client.xreadgroup(_GROUP, consumer, {stream: ">"}, count=batch_size)
             if not entries or not entries[0][1]:

@@ -31,6 +31,8 @@ DEFAULT_MAX_COMPRESSION_RATIO = 100.0
 # Small XML parts legitimately compress far better than 100:1 (long runs of identical markup),
 # and they cannot hurt anyone, so the ratio is only judged on members at least this large.
 _RATIO_CHECK_MIN_MEMBER_BYTES = 1024 * 1024
+# Output bound of each inflation step when proving a member's declared size.
+_INFLATE_STEP_BYTES = 1024 * 1024
 
 _DOCX_CONTENT_TYPE = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
 _EXTENSION_FORMATS: dict[str, DocumentFormat] = {
@@ -247,21 +249,47 @@ def _zip_holds_word_document(data: bytes) -> bool:
 def _check_zip_limits(
     *, data: bytes, filename: str, max_uncompressed_bytes: int, max_members: int, max_ratio: float
 ) -> None:
-    """Refuse a zip bomb by its central directory alone, before any member is inflated.
+    """Refuse a zip bomb from its central directory, before any member is inflated.
 
-    Trusting the declared sizes is sound because `zipfile` (which python-docx reads through)
-    stops inflating a member at its declared size and then fails its CRC check; summing the
-    declared sizes also counts members that share compressed data (overlapping-entry bombs).
+    The declared sizes are then proved honest: every member is inflated in bounded steps and
+    `zipfile` stops at the declared size and checks the CRC. Without this, a member that
+    declares 1 KB but inflates to gigabytes would be inflated whole by python-docx's
+    `ZipFile.read`, which decompresses all of a member's compressed bytes in one call.
     """
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             members = archive.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+            _check_declared_sizes(
+                members=members,
+                filename=filename,
+                max_uncompressed_bytes=max_uncompressed_bytes,
+                max_members=max_members,
+                max_ratio=max_ratio,
+            )
+            for member in members:
+                with archive.open(member) as stream:
+                    while stream.read(_INFLATE_STEP_BYTES):
+                        pass
+    except DocumentError:
+        raise
+    except Exception as exc:  # BadZipFile, zlib.error, EOFError, encrypted members...
         raise CorruptDocument(f"{filename!r} is not a readable .docx (bad zip: {exc})") from exc
+
+
+def _check_declared_sizes(
+    *,
+    members: list[zipfile.ZipInfo],
+    filename: str,
+    max_uncompressed_bytes: int,
+    max_members: int,
+    max_ratio: float,
+) -> None:
     if len(members) > max_members:
         raise CorruptDocument(
             f"{filename!r} has {len(members)} zip members (limit {max_members}); refused"
         )
+    # Summing declared sizes also counts members that share compressed data (overlapping-entry
+    # bombs) once per entry.
     total = sum(member.file_size for member in members)
     if total > max_uncompressed_bytes:
         raise CorruptDocument(
@@ -269,6 +297,11 @@ def _check_zip_limits(
             "refused as a possible zip bomb"
         )
     for member in members:
+        # Word writes only these two; bzip2 and LZMA inflate without an output bound in zipfile.
+        if member.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise CorruptDocument(
+                f"{filename!r} member {member.filename!r} uses an unexpected compression method"
+            )
         ratio = member.file_size / max(member.compress_size, 1)
         if member.file_size >= _RATIO_CHECK_MIN_MEMBER_BYTES and ratio > max_ratio:
             raise CorruptDocument(

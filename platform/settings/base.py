@@ -290,7 +290,10 @@ CELERY_BEAT_SCHEDULE.update(
             "task": "billing.bill_previous_month",
             "schedule": crontab(minute=0, hour=2, day_of_month=1),
         },
-        "activate-plan-changes": {"task": "billing.activate_plan_changes", "schedule": crontab(minute=5, hour="*")},
+        "activate-plan-changes": {
+            "task": "billing.activate_plan_changes",
+            "schedule": crontab(minute=5, hour="*"),
+        },
         "suspend-past-due": {"task": "billing.suspend_past_due", "schedule": crontab(minute=15, hour="*")},
     }
 )

@@ -20,3 +20,6 @@ if "KEY_PREFIX" in CACHES["default"]:
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 (VAR_DIR / "static").mkdir(exist_ok=True)
 DATABASES["default"]["CONN_MAX_AGE"] = 0  # noqa: F405
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
+    # A file, not memory: live-server threads and the servers the tests start can open it.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-{CACHE_KEY_PREFIX}.sqlite3")}  # noqa: F405

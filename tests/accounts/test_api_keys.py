@@ -94,7 +94,9 @@ def test_create_api_key_without_scopes_grants_every_scope(alice: Tenant, capsys)
     call_command("create_api_key", "--org", "alice", "--user", alice.owner.email)
     secret = capsys.readouterr().out.strip().splitlines()[-1]
     response = alice.client(secret).get("/api/v1/me/")
-    assert response.json()["scopes"] == sorted(["generate", "rag", "documents:read", "documents:write", "usage:read"])
+    assert response.json()["scopes"] == sorted(
+        ["generate", "rag", "documents:read", "documents:write", "usage:read"]
+    )
     assert response.json()["user"]["email"] == alice.owner.email
 
 

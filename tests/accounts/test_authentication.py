@@ -3,7 +3,12 @@ from __future__ import annotations
 import pytest
 from rest_framework.test import APIClient
 
-from accounts.services import api_key_create, oauth_client_create, organization_suspend, organization_reactivate
+from accounts.services import (
+    api_key_create,
+    oauth_client_create,
+    organization_reactivate,
+    organization_suspend,
+)
 from tests.conftest import Tenant, assert_error_shape
 
 PASSWORD = "correct horse battery staple"
@@ -71,7 +76,12 @@ def test_oauth2_client_credentials_token_acts_for_its_organization(alice: Tenant
     )
     response = anonymous.post(
         "/oauth/token/",
-        {"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret, "scope": "usage:read"},
+        {
+            "grant_type": "client_credentials",
+            "client_id": client_id,
+            "client_secret": secret,
+            "scope": "usage:read",
+        },
     )
     assert response.status_code == 200, response.content
     token = response.json()["access_token"]
@@ -84,10 +94,17 @@ def test_oauth2_client_credentials_token_acts_for_its_organization(alice: Tenant
 
 @pytest.mark.django_db
 def test_oauth2_client_cannot_obtain_a_scope_it_was_not_given(alice: Tenant, anonymous) -> None:
-    _client, client_id, secret = oauth_client_create(organization=alice.organization, name="b", scopes=["generate"])
+    _client, client_id, secret = oauth_client_create(
+        organization=alice.organization, name="b", scopes=["generate"]
+    )
     response = anonymous.post(
         "/oauth/token/",
-        {"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret, "scope": "usage:read"},
+        {
+            "grant_type": "client_credentials",
+            "client_id": client_id,
+            "client_secret": secret,
+            "scope": "usage:read",
+        },
     )
     assert response.status_code == 400
 

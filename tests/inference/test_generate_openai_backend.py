@@ -14,7 +14,13 @@ pytestmark = pytest.mark.django_db
 def test_generate_answers_output_and_meta(alice: Tenant, openai_backend: str) -> None:
     response = alice.client().post(
         "/api/v1/generate/",
-        {"prompt": "Explique les classes Python", "temperature": 0.7, "top_p": 0.9, "max_tokens": 5, "user_id": "42"},
+        {
+            "prompt": "Explique les classes Python",
+            "temperature": 0.7,
+            "top_p": 0.9,
+            "max_tokens": 5,
+            "user_id": "42",
+        },
         format="json",
     )
     assert response.status_code == 200, response.content
@@ -31,7 +37,9 @@ def test_generate_answers_output_and_meta(alice: Tenant, openai_backend: str) ->
 
 
 def test_generate_streams_tokens_then_one_event_with_meta(alice: Tenant, openai_backend: str) -> None:
-    response = alice.client().post("/api/v1/generate/", {"prompt": "hi", "max_tokens": 3, "stream": True}, format="json")
+    response = alice.client().post(
+        "/api/v1/generate/", {"prompt": "hi", "max_tokens": 3, "stream": True}, format="json"
+    )
     assert response.status_code == 200
     assert response["Content-Type"] == "text/event-stream"
     events = b"".join(response.streaming_content).decode().strip().split("\n\n")
@@ -57,7 +65,9 @@ def test_generate_streams_tokens_then_one_event_with_meta(alice: Tenant, openai_
         ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, "stop"),
     ],
 )
-def test_bad_input_is_400_naming_the_field(alice: Tenant, openai_backend: str, body: dict, param: str) -> None:
+def test_bad_input_is_400_naming_the_field(
+    alice: Tenant, openai_backend: str, body: dict, param: str
+) -> None:
     error = assert_error_shape(alice.client().post("/api/v1/generate/", body, format="json"), status=400)
     assert error["param"] == param
 
@@ -74,17 +84,25 @@ def test_unknown_model_is_404_model_not_found(alice: Tenant, openai_backend: str
 
 
 def test_upstream_failure_is_502_and_not_billed(alice: Tenant, openai_backend: str) -> None:
-    from usage.services import budget_views
-    from accounts.selectors import api_key_resolve
     from accounts.context import AuthContext
+    from accounts.selectors import api_key_resolve
+    from usage.services import budget_views
 
     alice.organization.token_quota = 1000
     alice.organization.save()
-    response = alice.client().post("/api/v1/generate/", {"prompt": "FAIL_500 now", "max_tokens": 5}, format="json")
+    response = alice.client().post(
+        "/api/v1/generate/", {"prompt": "FAIL_500 now", "max_tokens": 5}, format="json"
+    )
     assert_error_shape(response, status=502, code="upstream_error")
     resolved = api_key_resolve(prefix=alice.api_key.prefix)
-    context = AuthContext(organization=resolved.organization, scopes=frozenset(), method="api_key",
-                          api_key=resolved.api_key, user=resolved.user, membership=resolved.membership)
+    context = AuthContext(
+        organization=resolved.organization,
+        scopes=frozenset(),
+        method="api_key",
+        api_key=resolved.api_key,
+        user=resolved.user,
+        membership=resolved.membership,
+    )
     (org_budget,) = budget_views(context=context)
     assert (org_budget.used, org_budget.reserved) == (0, 0)
 
@@ -123,7 +141,11 @@ def test_foreign_job_is_404(
     alice: Tenant, charlie: Tenant, openai_backend: str, eager_tasks: None, django_capture_on_commit_callbacks
 ) -> None:
     with django_capture_on_commit_callbacks(execute=True):
-        job_id = alice.client().post("/api/v1/jobs/", {"prompt": "hello", "max_tokens": 2}, format="json").json()["id"]
+        job_id = (
+            alice.client()
+            .post("/api/v1/jobs/", {"prompt": "hello", "max_tokens": 2}, format="json")
+            .json()["id"]
+        )
     response = charlie.client().get(f"/api/v1/jobs/{job_id}/")
     assert_error_shape(response, status=404)
     assert "hello" not in response.content.decode()

@@ -18,12 +18,30 @@ from tests.engine.conftest import build_tiny_model
 def inference_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     model_dir = build_tiny_model(tmp_path_factory.mktemp("model") / "tiny")
     port = free_port()
-    env = {"PATH": str(BIN), "LLM_MODEL": str(model_dir), "LLM_SERVED_MODEL_NAME": "tiny", "LLM_TORCH_THREADS": "1",
-           "HOME": str(Path.home())}
+    env = {
+        "PATH": str(BIN),
+        "LLM_MODEL": str(model_dir),
+        "LLM_SERVED_MODEL_NAME": "tiny",
+        "LLM_TORCH_THREADS": "1",
+        "HOME": str(Path.home()),
+    }
     process = subprocess.Popen(
-        [str(BIN / "gunicorn"), "inference.server:create_app()", "--workers", "1", "--worker-class", "gthread",
-         "--threads", "16", "--bind", f"127.0.0.1:{port}"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            str(BIN / "gunicorn"),
+            "inference.server:create_app()",
+            "--workers",
+            "1",
+            "--worker-class",
+            "gthread",
+            "--threads",
+            "16",
+            "--bind",
+            f"127.0.0.1:{port}",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         wait_http(f"http://127.0.0.1:{port}/health", process)
@@ -40,8 +58,16 @@ def test_openai_sdk_talks_to_the_inference_service(inference_service: str) -> No
         model="tiny", messages=[{"role": "user", "content": "hello"}], max_tokens=5, temperature=0
     )
     assert completion.usage.completion_tokens <= 5
-    chunks = list(client.completions.create(model="tiny", prompt="hello", max_tokens=4, temperature=0, stream=True,
-                                            stream_options={"include_usage": True}))
+    chunks = list(
+        client.completions.create(
+            model="tiny",
+            prompt="hello",
+            max_tokens=4,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens <= 4
     same = client.completions.create(model="tiny", prompt="hello", max_tokens=4, temperature=0)
     assert same.choices[0].text == "".join(c.choices[0].text for c in chunks if c.choices)
@@ -54,18 +80,19 @@ def test_unknown_model_is_404(inference_service: str) -> None:
 
 
 @pytest.mark.django_db
-def test_gateway_reaches_the_service_with_the_openai_backend(alice: Tenant, inference_service: str, settings) -> None:
+def test_gateway_reaches_the_service_with_the_openai_backend(
+    alice: Tenant, inference_service: str, settings
+) -> None:
     from inference import services
 
     settings.LLM_BACKEND, settings.LLM_MODEL, settings.LLM_BASE_URL = "openai", "tiny", inference_service
     previous, services._handler = services._handler, None
     try:
-        response = alice.client().post("/api/v1/generate/", {"prompt": "hello", "max_tokens": 3, "temperature": 0},
-                                       format="json")
+        response = alice.client().post(
+            "/api/v1/generate/", {"prompt": "hello", "max_tokens": 3, "temperature": 0}, format="json"
+        )
         assert response.status_code == 200, response.content
         assert response.json()["meta"]["model"] == "tiny"
         assert response.json()["meta"]["completion_tokens"] <= 3
     finally:
         services._handler = previous
-
-

@@ -26,8 +26,11 @@ def test_chat_completion(sdk: openai.OpenAI) -> None:
 
 def test_chat_completion_stream_with_usage(sdk: openai.OpenAI) -> None:
     stream = sdk.chat.completions.create(
-        model="fake-model", messages=[{"role": "user", "content": "hi"}], max_tokens=3,
-        stream=True, stream_options={"include_usage": True},
+        model="fake-model",
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=3,
+        stream=True,
+        stream_options={"include_usage": True},
     )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -52,7 +55,9 @@ def test_errors_are_raised_as_the_sdks_own_exceptions(sdk: openai.OpenAI, alice:
         sdk.chat.completions.create(model="gpt-9", messages=[{"role": "user", "content": "x"}])
     assert not_found.value.code == "model_not_found"
     with pytest.raises(openai.BadRequestError) as bad:
-        sdk.chat.completions.create(model="fake-model", messages=[{"role": "user", "content": "x"}], temperature=3)
+        sdk.chat.completions.create(
+            model="fake-model", messages=[{"role": "user", "content": "x"}], temperature=3
+        )
     assert bad.value.param == "temperature"
     wrong = openai.OpenAI(base_url=f"{live_server.url}/v1", api_key="sk-" + "x" * 48, max_retries=0)
     with pytest.raises(openai.AuthenticationError):

@@ -33,11 +33,14 @@ def _upload_text(tenant: Tenant, title: str, text: str, django_capture_on_commit
 
 def _upload_file(tenant: Tenant, name: str, data: bytes, content_type: str, capture):
     with capture(execute=True):
-        return tenant.client().post("/api/v1/documents/", {"file": SimpleUploadedFile(name, data, content_type)},
-                                    format="multipart")
+        return tenant.client().post(
+            "/api/v1/documents/", {"file": SimpleUploadedFile(name, data, content_type)}, format="multipart"
+        )
 
 
-def test_text_upload_is_ingested_to_indexed_with_chunks(alice: Tenant, django_capture_on_commit_callbacks) -> None:
+def test_text_upload_is_ingested_to_indexed_with_chunks(
+    alice: Tenant, django_capture_on_commit_callbacks
+) -> None:
     response = _upload_text(alice, "Classes", CLASSES, django_capture_on_commit_callbacks)
     assert response.status_code == 202, response.content
     document = alice.client().get(f"/api/v1/documents/{response.json()['id']}/").json()
@@ -50,13 +53,26 @@ def test_text_upload_is_ingested_to_indexed_with_chunks(alice: Tenant, django_ca
     ("name", "content_type", "make"),
     [
         ("notes.md", "text/markdown", lambda: b"# Classes\n\n" + CLASSES.encode()),
-        ("page.html", "text/html", lambda: b"<html><body><h1>Classes</h1><p>" + CLASSES.encode() + b"</p><script>x()</script></body></html>"),
+        (
+            "page.html",
+            "text/html",
+            lambda: (
+                b"<html><body><h1>Classes</h1><p>"
+                + CLASSES.encode()
+                + b"</p><script>x()</script></body></html>"
+            ),
+        ),
         ("doc.pdf", "application/pdf", lambda: build_pdf([[CLASSES]])),
-        ("doc.docx", "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
-         lambda: build_docx(paragraphs=[CLASSES])),
+        (
+            "doc.docx",
+            "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+            lambda: build_docx(paragraphs=[CLASSES]),
+        ),
     ],
 )
-def test_each_format_is_ingested(alice: Tenant, django_capture_on_commit_callbacks, name, content_type, make) -> None:
+def test_each_format_is_ingested(
+    alice: Tenant, django_capture_on_commit_callbacks, name, content_type, make
+) -> None:
     response = _upload_file(alice, name, make(), content_type, django_capture_on_commit_callbacks)
     assert response.status_code == 202, response.content
     document = Document.objects.get(pk=response.json()["id"])
@@ -82,19 +98,29 @@ def test_unsupported_type_is_415(alice: Tenant, django_capture_on_commit_callbac
 
 
 def test_corrupt_pdf_ends_failed_with_the_reason(alice: Tenant, django_capture_on_commit_callbacks) -> None:
-    response = _upload_file(alice, "broken.pdf", b"%PDF-1.7\n this is not a pdf body", "application/pdf",
-                            django_capture_on_commit_callbacks)
+    response = _upload_file(
+        alice,
+        "broken.pdf",
+        b"%PDF-1.7\n this is not a pdf body",
+        "application/pdf",
+        django_capture_on_commit_callbacks,
+    )
     assert response.status_code == 202
     document = alice.client().get(f"/api/v1/documents/{response.json()['id']}/").json()
     assert document["status"] == "failed"
     assert document["error"]
 
 
-def test_zip_bomb_docx_ends_failed_without_decompressing(alice: Tenant, zip_bomb_docx: bytes,
-                                                         django_capture_on_commit_callbacks) -> None:
-    response = _upload_file(alice, "bomb.docx", zip_bomb_docx,
-                            "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
-                            django_capture_on_commit_callbacks)
+def test_zip_bomb_docx_ends_failed_without_decompressing(
+    alice: Tenant, zip_bomb_docx: bytes, django_capture_on_commit_callbacks
+) -> None:
+    response = _upload_file(
+        alice,
+        "bomb.docx",
+        zip_bomb_docx,
+        "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        django_capture_on_commit_callbacks,
+    )
     assert response.status_code in (202, 400)
     if response.status_code == 202:
         document = alice.client().get(f"/api/v1/documents/{response.json()['id']}/").json()
@@ -122,17 +148,26 @@ def test_list_is_paginated_with_status_and_counts(alice: Tenant, django_capture_
 def test_search_ranks_the_relevant_chunk_first(alice: Tenant, django_capture_on_commit_callbacks) -> None:
     _upload_text(alice, "Classes", CLASSES, django_capture_on_commit_callbacks)
     _upload_text(alice, "Generators", GENERATORS, django_capture_on_commit_callbacks)
-    hits = alice.client().post("/api/v1/search/", {"query": "how do I yield values lazily?", "top_k": 2},
-                               format="json").json()["data"]
+    hits = (
+        alice.client()
+        .post("/api/v1/search/", {"query": "how do I yield values lazily?", "top_k": 2}, format="json")
+        .json()["data"]
+    )
     assert [hit["title"] for hit in hits] == ["Generators", "Classes"]
     assert hits[0]["score"] > hits[1]["score"]
     assert {"document_id", "chunk_id", "score", "text", "title"} <= set(hits[0])
 
 
-def test_search_restricted_to_document_ids_and_min_score(alice: Tenant, django_capture_on_commit_callbacks) -> None:
+def test_search_restricted_to_document_ids_and_min_score(
+    alice: Tenant, django_capture_on_commit_callbacks
+) -> None:
     classes = _upload_text(alice, "Classes", CLASSES, django_capture_on_commit_callbacks).json()["id"]
     _upload_text(alice, "Generators", GENERATORS, django_capture_on_commit_callbacks)
-    hits = alice.client().post("/api/v1/search/", {"query": "yield", "document_ids": [classes]}, format="json").json()
+    hits = (
+        alice.client()
+        .post("/api/v1/search/", {"query": "yield", "document_ids": [classes]}, format="json")
+        .json()
+    )
     assert {hit["document_id"] for hit in hits["data"]} == {classes}
     none = alice.client().post("/api/v1/search/", {"query": "yield", "min_score": 0.99}, format="json").json()
     assert none["data"] == []
@@ -147,8 +182,9 @@ def test_deleted_document_is_never_retrieved_again(alice: Tenant, django_capture
     assert index_store().count(org_key=org_key(alice.organization)) == 0
 
 
-def test_missing_or_damaged_index_is_rebuilt_from_the_database(alice: Tenant, index_dir,
-                                                               django_capture_on_commit_callbacks) -> None:
+def test_missing_or_damaged_index_is_rebuilt_from_the_database(
+    alice: Tenant, index_dir, django_capture_on_commit_callbacks
+) -> None:
     _upload_text(alice, "Generators", GENERATORS, django_capture_on_commit_callbacks)
     path = index_dir / f"{org_key(alice.organization)}.faiss"
     path.write_bytes(b"garbage")
@@ -162,7 +198,9 @@ def test_abandoned_ingestion_is_queued_again(alice: Tenant, django_capture_on_co
     response = _upload_text(alice, "Classes", CLASSES, django_capture_on_commit_callbacks)
     document = Document.objects.get(pk=response.json()["id"])
     # As a worker that died mid-document leaves it: running, no progress for a while.
-    Document.objects.filter(pk=document.pk).update(status="embedding", heartbeat_at=timezone.now() - timedelta(hours=1))
+    Document.objects.filter(pk=document.pk).update(
+        status="embedding", heartbeat_at=timezone.now() - timedelta(hours=1)
+    )
     with django_capture_on_commit_callbacks(execute=True):
         assert documents_recover_stale() == 1
     document.refresh_from_db()
@@ -172,8 +210,9 @@ def test_abandoned_ingestion_is_queued_again(alice: Tenant, django_capture_on_co
 
 
 def test_failed_document_can_be_retried(alice: Tenant, django_capture_on_commit_callbacks) -> None:
-    response = _upload_file(alice, "broken.pdf", b"%PDF-1.7\n broken", "application/pdf",
-                            django_capture_on_commit_callbacks)
+    response = _upload_file(
+        alice, "broken.pdf", b"%PDF-1.7\n broken", "application/pdf", django_capture_on_commit_callbacks
+    )
     doc_id = response.json()["id"]
     with django_capture_on_commit_callbacks(execute=True):
         retried = alice.client().post(f"/api/v1/documents/{doc_id}/retry/")
@@ -200,7 +239,9 @@ def test_charlie_cannot_see_touch_or_retrieve_alices_documents(
     assert [d["title"] for d in client.get("/api/v1/documents/").json()["results"]] == ["Classes"]
     hits = client.post("/api/v1/search/", {"query": "yield", "top_k": 10}, format="json").json()["data"]
     assert all(hit["title"] == "Classes" for hit in hits)
-    foreign = client.post("/api/v1/search/", {"query": "yield", "document_ids": [doc_id]}, format="json").json()
+    foreign = client.post(
+        "/api/v1/search/", {"query": "yield", "document_ids": [doc_id]}, format="json"
+    ).json()
     assert foreign["data"] == []
     assert Document.objects.filter(pk=doc_id).exists()
 
@@ -210,7 +251,9 @@ def test_rag_answers_with_numbered_sources_and_charges_the_enriched_prompt(
 ) -> None:
     _upload_text(alice, "Generators", GENERATORS, django_capture_on_commit_callbacks)
     question = "What does yield do?"
-    response = alice.client().post("/api/v1/rag/", {"prompt": question, "max_tokens": 5, "top_k": 1}, format="json")
+    response = alice.client().post(
+        "/api/v1/rag/", {"prompt": question, "max_tokens": 5, "top_k": 1}, format="json"
+    )
     assert response.status_code == 200, response.content
     body = response.json()
     assert body["output"] == "tok0 tok1 tok2 tok3 tok4 "
@@ -221,9 +264,9 @@ def test_rag_answers_with_numbered_sources_and_charges_the_enriched_prompt(
 
 
 def test_rag_without_documents_answers_clearly(alice: Tenant, openai_backend: str) -> None:
-    response = alice.client().post("/api/v1/rag/", {"prompt": "What does yield do?", "max_tokens": 3}, format="json")
+    response = alice.client().post(
+        "/api/v1/rag/", {"prompt": "What does yield do?", "max_tokens": 3}, format="json"
+    )
     assert response.status_code == 200
     assert response.json()["sources"] == []
     assert "no indexed documents" in response.json()["note"]
-
-

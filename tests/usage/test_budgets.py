@@ -14,10 +14,14 @@ pytestmark = pytest.mark.django_db
 
 
 def _generate(tenant: Tenant, secret: str | None = None, **body):
-    return tenant.client(secret).post("/api/v1/generate/", {"prompt": "hello", "max_tokens": 10, **body}, format="json")
+    return tenant.client(secret).post(
+        "/api/v1/generate/", {"prompt": "hello", "max_tokens": 10, **body}, format="json"
+    )
 
 
-def test_exhausted_budget_is_429_insufficient_quota_naming_the_budget(alice: Tenant, openai_backend: str) -> None:
+def test_exhausted_budget_is_429_insufficient_quota_naming_the_budget(
+    alice: Tenant, openai_backend: str
+) -> None:
     call_command("set_budget", "--org", "alice", "--key", alice.api_key.prefix, "--tokens", "15")
     assert _generate(alice).status_code == 200
     error = assert_error_shape(_generate(alice), status=429, code="insufficient_quota")
@@ -51,7 +55,9 @@ def test_member_budget_applies_to_the_members_keys(alice: Tenant, openai_backend
 
 def test_me_lists_every_budget_with_used_reserved_and_remaining(alice: Tenant, openai_backend: str) -> None:
     call_command("set_budget", "--org", "alice", "--tokens", "1000", "--period", "month")
-    call_command("set_budget", "--org", "alice", "--key", alice.api_key.prefix, "--tokens", "500", "--period", "day")
+    call_command(
+        "set_budget", "--org", "alice", "--key", alice.api_key.prefix, "--tokens", "500", "--period", "day"
+    )
     assert _generate(alice).status_code == 200
     budgets = {b["scope"]: b for b in alice.client().get("/api/v1/me/").json()["budgets"]}
     assert set(budgets) == {"organization", "api_key"}
@@ -106,23 +112,32 @@ def test_usage_report_groups_and_csv(alice: Tenant, openai_backend: str) -> None
     assert _generate(alice, user_id="u-2").status_code == 200
     usage_stream_flush()
     today = datetime.now(UTC).date().isoformat()
-    report = alice.client().get("/api/v1/usage/", {"start": today, "end": today, "group_by": "end_user"}).json()
+    report = (
+        alice.client().get("/api/v1/usage/", {"start": today, "end": today, "group_by": "end_user"}).json()
+    )
     assert [row["end_user"] for row in report["data"]] == ["u-1", "u-2"]
     assert all(row["requests"] == 1 and row["total_tokens"] == 11 for row in report["data"])
-    csv_response = alice.client().get("/api/v1/usage/", {"start": today, "end": today, "group_by": "model", "format": "csv"})
+    csv_response = alice.client().get(
+        "/api/v1/usage/", {"start": today, "end": today, "group_by": "model", "format": "csv"}
+    )
     assert csv_response["Content-Type"] == "text/csv"
     lines = csv_response.content.decode().strip().splitlines()
     assert lines[0] == "model,requests,prompt_tokens,completion_tokens,total_tokens"
     assert lines[1] == "fake-model,2,2,20,22"
 
 
-def test_usage_of_one_organization_is_never_visible_to_another(alice: Tenant, charlie: Tenant, openai_backend: str) -> None:
+def test_usage_of_one_organization_is_never_visible_to_another(
+    alice: Tenant, charlie: Tenant, openai_backend: str
+) -> None:
     assert _generate(alice).status_code == 200
     usage_stream_flush()
     today = datetime.now(UTC).date().isoformat()
     report = charlie.client().get("/api/v1/usage/", {"start": today, "end": today, "group_by": "key"}).json()
     assert report["data"] == []
-    assert alice.client().get("/api/v1/usage/", {"start": today, "end": today}).json()["data"][0]["requests"] == 1
+    assert (
+        alice.client().get("/api/v1/usage/", {"start": today, "end": today}).json()["data"][0]["requests"]
+        == 1
+    )
 
 
 def test_usage_report_command_prints_the_month(alice: Tenant, openai_backend: str, capsys) -> None:

@@ -17,21 +17,25 @@ from django.conf import settings
 from django.db.models import F, Sum
 from django_ratelimit.core import _get_window
 
-from accounts.selectors import api_key_resolve
 from accounts.context import AuthContext
+from accounts.selectors import api_key_resolve
+from tests.conftest import Tenant
 from usage.models import UsageRecord
 from usage.services import budget_views, usage_stream_flush
-from tests.conftest import Tenant
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(not settings.REDIS_URL, reason="several processes share state only through Redis (CI sets REDIS_URL)"),
+    pytest.mark.skipif(
+        not settings.REDIS_URL, reason="several processes share state only through Redis (CI sets REDIS_URL)"
+    ),
 ]
 
 
 def _post(url: str, secret: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), method="POST",
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
         headers={"Authorization": f"Bearer {secret}", "Content-Type": "application/json"},
     )
     try:
@@ -61,8 +65,14 @@ def _client_process(url: str, secret: str, count: int) -> list[tuple[int, str | 
 def _context(tenant: Tenant) -> AuthContext:
     resolved = api_key_resolve(prefix=tenant.api_key.prefix)
     assert resolved is not None
-    return AuthContext(organization=resolved.organization, scopes=frozenset(), method="api_key",
-                       api_key=resolved.api_key, user=resolved.user, membership=resolved.membership)
+    return AuthContext(
+        organization=resolved.organization,
+        scopes=frozenset(),
+        method="api_key",
+        api_key=resolved.api_key,
+        user=resolved.user,
+        membership=resolved.membership,
+    )
 
 
 def test_concurrent_requests_from_several_processes_never_overspend_and_leave_nothing_reserved(
@@ -74,7 +84,9 @@ def test_concurrent_requests_from_several_processes_never_overspend_and_leave_no
     alice.organization.save()
     base = start_gunicorn(workers=2, threads=16)
     with ProcessPoolExecutor(max_workers=4) as pool:
-        batches = list(pool.map(_client_process, [f"{base}/api/v1/generate/"] * 4, [alice.secret] * 4, [50] * 4))
+        batches = list(
+            pool.map(_client_process, [f"{base}/api/v1/generate/"] * 4, [alice.secret] * 4, [50] * 4)
+        )
     outcomes = [outcome for batch in batches for outcome in batch]
     assert len(outcomes) == 200
     assert {status for status, _code in outcomes} <= {200, 429}
@@ -93,7 +105,9 @@ def test_concurrent_requests_from_several_processes_never_overspend_and_leave_no
     assert budget.reserved == 0
 
 
-def test_requests_per_minute_holds_exactly_across_two_server_processes(alice: Tenant, start_gunicorn: Any) -> None:
+def test_requests_per_minute_holds_exactly_across_two_server_processes(
+    alice: Tenant, start_gunicorn: Any
+) -> None:
     limit = 10
     alice.organization.requests_per_minute = limit
     alice.organization.save()

@@ -42,7 +42,7 @@ class Command(BaseCommand):
             "Try it:",
             f"  curl -s {base}/api/v1/generate/ -H 'Authorization: Bearer {secret}' "
             "-H 'Content-Type: application/json' "
-            "-d '{\"prompt\": \"Explique les classes Python\", \"max_tokens\": 60}'",
+            '-d \'{"prompt": "Explique les classes Python", "max_tokens": 60}\'',
             f"  curl -s {base}/api/v1/me/ -H 'Authorization: Bearer {secret}'",
             "",
         ]

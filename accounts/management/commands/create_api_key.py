@@ -40,5 +40,7 @@ class Command(BaseCommand):
             )
         except APIError as exc:
             raise CommandError(exc.message) from exc
-        self.stderr.write(f"Created key {api_key.prefix}… for {organization.slug} with scopes {', '.join(api_key.scopes)}.")
+        self.stderr.write(
+            f"Created key {api_key.prefix}… for {organization.slug} with scopes {', '.join(api_key.scopes)}."
+        )
         self.stdout.write(secret)

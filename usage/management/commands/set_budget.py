@@ -18,7 +18,9 @@ class Command(BaseCommand):
         target.add_argument("--user", help="Member email.")
         target.add_argument("--key", help="API key prefix.")
         target.add_argument("--end-user", help="The user_id the tenant passes in requests.")
-        parser.add_argument("--tokens", type=int, required=True, help="Tokens per period; -1 removes the budget.")
+        parser.add_argument(
+            "--tokens", type=int, required=True, help="Tokens per period; -1 removes the budget."
+        )
         parser.add_argument("--period", choices=BudgetPeriod.values)
 
     def handle(self, *args: Any, **options: Any) -> None:

@@ -35,5 +35,9 @@ class Command(BaseCommand):
         for row in rows:
             values = [row["requests"], row["prompt_tokens"], row["completion_tokens"], row["total_tokens"]]
             totals = [a + b for a, b in zip(totals, values, strict=True)]
-            self.stdout.write(f"{row[group]!s:<24}" + "".join(f"{v:>14}" if i else f"{v:>12}" for i, v in enumerate(values)))
-        self.stdout.write(f"{'total':<24}" + "".join(f"{v:>14}" if i else f"{v:>12}" for i, v in enumerate(totals)))
+            self.stdout.write(
+                f"{row[group]!s:<24}" + "".join(f"{v:>14}" if i else f"{v:>12}" for i, v in enumerate(values))
+            )
+        self.stdout.write(
+            f"{'total':<24}" + "".join(f"{v:>14}" if i else f"{v:>12}" for i, v in enumerate(totals))
+        )
