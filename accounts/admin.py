@@ -6,6 +6,8 @@ from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html
 
 from accounts import services
 from accounts.models import APIKey, EndUserBudget, Membership, OAuthClient, Organization, User
@@ -79,7 +81,16 @@ class OrganizationAdmin(admin.ModelAdmin):
             },
         ),
         ("Billing", {"fields": ("billing_email", "stripe_customer_id", "past_due_since")}),
+        ("Usage", {"fields": ("usage_page",)}),
     )
+    readonly_fields = ("usage_page",)
+
+    @admin.display(description="Usage")
+    def usage_page(self, obj: Organization) -> str:
+        if obj.pk is None:
+            return "-"
+        url = reverse("admin:usage_organization", args=[obj.pk])
+        return format_html('<a href="{}">Tokens per day</a>', url)
 
     def save_model(self, request: HttpRequest, obj: Organization, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)
