@@ -26,10 +26,13 @@ from inference.services import (
 )
 
 
-def sse_response(events: Iterator[bytes]) -> StreamingHttpResponse:
+def sse_response(events: Iterator[bytes], *, session: GenerationSession) -> StreamingHttpResponse:
     response = StreamingHttpResponse(events, content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
+    # The server closes the response however it ends, even when the client left before the body
+    # started and the generator never ran: the reservation is settled then.
+    response._resource_closers.append(session.close)
     return response
 
 
@@ -93,7 +96,7 @@ class GenerateApi(APIView):
             session = generation_stream_open(
                 context=context, spec=spec, request_id=request_id, endpoint="generate"
             )
-            return sse_response(_generate_events(session))
+            return sse_response(_generate_events(session), session=session)
         outcome = generation_run(context=context, spec=spec, request_id=request_id, endpoint="generate")
         return Response(outcome.generate_body())
 

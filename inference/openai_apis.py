@@ -69,7 +69,7 @@ class _CompletionsBase(APIView):
                 id=completion_id,
                 model=model_name(),
             )
-            return sse_response(events)
+            return sse_response(events, session=session)
         outcome = generation_run(
             context=auth_context(request), spec=spec, request_id=request_id, endpoint=self.endpoint
         )

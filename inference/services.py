@@ -286,6 +286,11 @@ class GenerationSession:
             if not self.reservation.settled:
                 self._settle_partial(stream, status="cancelled")
 
+    def close(self) -> None:
+        """Settles the reservation if the events were never (fully) iterated."""
+        if not self.reservation.settled:
+            self.reservation.release(status="cancelled")
+
     def _settle_partial(self, stream: Any, *, status: str) -> None:
         if self.reservation.settled:
             return
