@@ -39,8 +39,6 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.backend not in ("local", "openai"):
             raise ValueError(f"unknown backend {self.backend!r}")
-        if not self.model:
-            raise ValueError("model is required")
         if self.max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
 

@@ -79,28 +79,66 @@ def decode_tokens(tokenizer: PreTrainedTokenizerBase, token_ids: Sequence[int]) 
     )
 
 
+@dataclass(frozen=True)
+class ModelSampling:
+    """Sampling settings that requests cannot choose, taken from the model's
+    generation_config.json as its authors intended (vLLM does the same)."""
+
+    top_k: int = 0  # 0: no top-k filtering
+    repetition_penalty: float = 1.0
+
+    @classmethod
+    def of(cls, model: PreTrainedModel) -> ModelSampling:
+        config = model.generation_config
+        if config is None:
+            return cls()
+        return cls(top_k=int(config.top_k or 0), repetition_penalty=float(config.repetition_penalty or 1.0))
+
+
+@dataclass
+class RowSampling:
+    params: SamplingParams
+    generator: torch.Generator
+    seen: torch.Tensor | None  # bool [1, vocab]: tokens of the prompt and completion so far
+
+
 def sample_next_tokens(
-    *, logits: torch.Tensor, params: Sequence[SamplingParams], generators: Sequence[torch.Generator]
+    *, logits: torch.Tensor, rows: Sequence[RowSampling], model_sampling: ModelSampling
 ) -> list[int]:
     """Pick one token per row of float32 `logits` [rows, vocab].
 
-    Mirrors transformers' generate() (temperature, then top-p, softmax, multinomial) row by row,
-    each row drawing from its own generator, so that a seeded request gives the same tokens alone,
-    in any batch, and under generate() with torch.manual_seed(seed).
+    Mirrors transformers' generate() (repetition penalty, temperature, top-k, top-p, softmax,
+    multinomial) with each row drawing from its own generator, so that a seeded request gives the
+    same tokens alone, in any batch, and under generate() with torch.manual_seed(seed). The
+    row-wise steps run on the whole batch at once; they give the same bits as row by row.
     """
-    picked = []
-    for row, (p, generator) in enumerate(zip(params, generators, strict=True)):
-        scores = logits[row : row + 1]
-        if p.temperature == 0:
-            picked.append(scores.argmax(dim=-1))
-            continue
-        if p.temperature != 1.0:
-            scores = scores / p.temperature
-        if p.top_p < 1.0:
-            scores = _top_p_filter(scores, top_p=p.top_p)
-        probs = F.softmax(scores, dim=-1)
-        picked.append(torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1))
-    return [int(t) for t in torch.cat(picked).tolist()]
+    scores = logits
+    penalty = model_sampling.repetition_penalty
+    if penalty != 1.0:
+        seen = [row.seen for row in rows if row.seen is not None]
+        if len(seen) != len(rows):
+            raise ValueError("a repetition penalty needs every row's seen tokens")
+        penalized = torch.where(scores < 0, scores * penalty, scores / penalty)
+        scores = torch.where(torch.cat(seen), penalized, scores)
+    picked = scores.argmax(dim=-1)
+    sampled = [i for i, row in enumerate(rows) if row.params.temperature > 0]
+    if sampled:
+        index = torch.tensor(sampled, device=scores.device)
+        temperatures = torch.tensor([[rows[i].params.temperature] for i in sampled], device=scores.device)
+        warped = scores.index_select(0, index) / temperatures
+        if model_sampling.top_k:
+            kth_best = torch.topk(warped, min(model_sampling.top_k, warped.shape[-1]))[0][..., -1, None]
+            warped = warped.masked_fill(warped < kth_best, -float("inf"))
+        for j, i in enumerate(sampled):
+            if rows[i].params.top_p < 1.0:
+                warped[j : j + 1] = _top_p_filter(warped[j : j + 1], top_p=rows[i].params.top_p)
+        probs = F.softmax(warped, dim=-1)
+        draws = [
+            torch.multinomial(probs[j : j + 1], num_samples=1, generator=rows[i].generator)
+            for j, i in enumerate(sampled)
+        ]
+        picked = picked.index_copy(0, index, torch.cat(draws).squeeze(1))
+    return [int(t) for t in picked.tolist()]
 
 
 def _top_p_filter(scores: torch.Tensor, *, top_p: float) -> torch.Tensor:
@@ -136,6 +174,7 @@ class _Sequence:
             self.generator.manual_seed(params.seed)
         self.cancelled = False
         self.finish_reason: str | None = None
+        self.seen: torch.Tensor | None = None  # filled by the scheduler when a penalty needs it
         self._model_name = model_name
         self._tokenizer = tokenizer
         self._tokenizer_lock = tokenizer_lock
@@ -349,6 +388,7 @@ class LocalBackend:
         self._model.to(self.device)  # type: ignore[call-arg, arg-type]
         self._model.eval()
         self._eos_ids = _eos_token_ids(self._model, self._tokenizer)
+        self._model_sampling = ModelSampling.of(self._model)
         self._context_length = _context_length(self._model, self._tokenizer)
         self._tokenizer_lock = threading.Lock()
         # Reentrant: a stream dropped during garbage collection cancels itself from whichever
@@ -475,7 +515,7 @@ class LocalBackend:
                 self._decode(batch)
                 return batch
         except Exception as exc:
-            for seq in batch.seqs if batch else []:
+            for seq in (batch.seqs if batch else []) + (new_rows.seqs if new_rows else []):
                 if not seq.done:
                     seq.fail(exc)
             return None
@@ -521,15 +561,29 @@ class LocalBackend:
         batch.next_tokens = torch.tensor(tokens, device=self.device)
 
     def _sample(self, logits: torch.Tensor, seqs: list[_Sequence]) -> list[int]:
+        track_seen = self._model_sampling.repetition_penalty != 1.0
+        if track_seen:
+            for seq in seqs:
+                if seq.seen is None:
+                    seq.seen = _token_mask(seq.prompt_ids, vocab_size=logits.shape[-1], device=logits.device)
         tokens = sample_next_tokens(
             logits=logits.float(),
-            params=[s.params for s in seqs],
-            generators=[s.generator for s in seqs],
+            rows=[RowSampling(params=s.params, generator=s.generator, seen=s.seen) for s in seqs],
+            model_sampling=self._model_sampling,
         )
         for seq, token in zip(seqs, tokens, strict=True):
+            if track_seen and seq.seen is not None:
+                seq.seen[0, token] = True
             if not seq.cancelled:
                 seq.accept(token, eos_ids=self._eos_ids)
         return tokens
+
+
+def _token_mask(token_ids: list[int], *, vocab_size: int, device: torch.device) -> torch.Tensor:
+    mask = torch.zeros((1, vocab_size), dtype=torch.bool, device=device)
+    # Ids past the output layer (a tokenizer larger than the model) cannot be generated anyway.
+    mask[0, [t for t in token_ids if t < vocab_size]] = True
+    return mask
 
 
 def _eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -48,6 +47,8 @@ class OpenAIBackend:
         )
         self._lock = threading.Lock()
         self._active = 0
+        # Built here so that its one-off cost falls in warm-up rather than in a request.
+        tiktoken_encoding()
 
     def count_tokens(self, text: str) -> int:
         return len(tiktoken_encoding().encode(text, disallowed_special=()))
@@ -71,7 +72,8 @@ class OpenAIBackend:
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
         is_chat = request.messages is not None
-        with self._tracked():
+        self._track(+1)
+        try:
             response = self._send(request, stream=False)
             try:
                 body = response.json()
@@ -81,6 +83,8 @@ class OpenAIBackend:
                 raise UpstreamError(
                     f"malformed upstream response: {exc}", status_code=response.status_code
                 ) from exc
+        finally:
+            self._track(-1)
         return self._result(
             request=request,
             text=text or "",
@@ -89,7 +93,15 @@ class OpenAIBackend:
         )
 
     def start(self, request: GenerationRequest) -> GenerationStream:
-        return GenerationStream(_UpstreamStream(backend=self, request=request))
+        """Connects before returning, so that an upstream that is down or refuses the request
+        raises here rather than in the middle of the caller's response."""
+        self._track(+1)
+        try:
+            response = self._send(request, stream=True)
+        except BaseException:
+            self._track(-1)
+            raise
+        return GenerationStream(_UpstreamStream(backend=self, request=request, response=response))
 
     def shutdown(self) -> None:
         self._client.close()
@@ -159,35 +171,53 @@ class OpenAIBackend:
             model=self.model_name,
         )
 
-    @contextlib.contextmanager
-    def _tracked(self) -> Iterator[None]:
+    def _track(self, change: int) -> None:
         with self._lock:
-            self._active += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._active -= 1
+            self._active += change
 
 
 class _UpstreamStream:
     """Passes an upstream server-sent-event stream through as StreamChunks."""
 
-    def __init__(self, *, backend: OpenAIBackend, request: GenerationRequest) -> None:
+    def __init__(
+        self, *, backend: OpenAIBackend, request: GenerationRequest, response: httpx.Response
+    ) -> None:
         self._backend = backend
         self._request = request
+        self._response = response
+        self._events = _sse_data(response)
         self._text_parts: list[str] = []
-        self._cancelled = False
-        self._events = self._generate()
+        self._finish_reason: str | None = None
+        self._usage: dict[str, Any] | None = None
+        self._closed = False
 
     def next_event(self) -> StreamChunk | GenerationResult:
-        return next(self._events)
+        is_chat = self._request.messages is not None
+        try:
+            for data in self._events:
+                self._usage = data.get("usage") or self._usage
+                for choice in data.get("choices") or []:
+                    self._finish_reason = choice.get("finish_reason") or self._finish_reason
+                    piece = (choice.get("delta") or {}).get("content") if is_chat else choice.get("text")
+                    if piece:
+                        self._text_parts.append(piece)
+                        return StreamChunk(text=piece)
+        except httpx.HTTPError as exc:
+            self._close()
+            raise UpstreamError(f"upstream stream broke off: {exc!r}") from exc
+        except BaseException:
+            self._close()
+            raise
+        self._close()
+        return self._backend._result(
+            request=self._request,
+            text="".join(self._text_parts),
+            finish_reason=self._finish_reason,
+            usage=self._usage,
+        )
 
     def cancel(self) -> None:
-        self._cancelled = True
-        # ValueError: it is running in another thread right now, and stops at the next event.
-        with contextlib.suppress(ValueError):
-            self._events.close()
+        self._close()
 
     def partial_result(self) -> GenerationResult:
         text = "".join(self._text_parts)
@@ -199,33 +229,11 @@ class _UpstreamStream:
             model=self._backend.model_name,
         )
 
-    def _generate(self) -> Generator[StreamChunk | GenerationResult, None, None]:
-        is_chat = self._request.messages is not None
-        finish_reason = None
-        usage = None
-        with self._backend._tracked():
-            response = self._backend._send(self._request, stream=True)
-            try:
-                for data in _sse_data(response):
-                    if self._cancelled:
-                        return
-                    usage = data.get("usage") or usage
-                    for choice in data.get("choices") or []:
-                        finish_reason = choice.get("finish_reason") or finish_reason
-                        piece = (choice.get("delta") or {}).get("content") if is_chat else choice.get("text")
-                        if piece:
-                            self._text_parts.append(piece)
-                            yield StreamChunk(text=piece)
-            except httpx.HTTPError as exc:
-                raise UpstreamError(f"upstream stream broke off: {exc!r}") from exc
-            finally:
-                response.close()
-        yield self._backend._result(
-            request=self._request,
-            text="".join(self._text_parts),
-            finish_reason=finish_reason,
-            usage=usage,
-        )
+    def _close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._response.close()
+            self._backend._track(-1)
 
 
 def _sse_data(response: httpx.Response) -> Iterator[dict[str, Any]]:
