@@ -8,8 +8,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
-
+from inference.engine import http
 from inference.engine.stream import GenerationStream
 from inference.engine.tokens import tiktoken_encoding
 from inference.engine.types import (
@@ -42,9 +41,7 @@ class OpenAIBackend:
         self._max_retries = max_retries
         self._retry_backoff_s = retry_backoff_s
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.Client(
-            base_url=base_url, headers=headers, timeout=httpx.Timeout(request_timeout_s)
-        )
+        self._client = http.Client(base_url=base_url, headers=headers, timeout=request_timeout_s)
         self._lock = threading.Lock()
         self._active = 0
         # Built here so that its one-off cost falls in warm-up rather than in a request.
@@ -106,18 +103,17 @@ class OpenAIBackend:
     def shutdown(self) -> None:
         self._client.close()
 
-    def _send(self, request: GenerationRequest, *, stream: bool) -> httpx.Response:
+    def _send(self, request: GenerationRequest, *, stream: bool) -> http.Response:
         """POST the request, retrying connection failures and 5xx answers with exponential
         backoff. Streams are only retried before their body starts."""
         path, payload = self._payload(request, stream=stream)
-        http_request = self._client.build_request("POST", path, json=payload)
         error = UpstreamError("no attempt made")
         for attempt in range(self._max_retries + 1):
             if attempt:
                 time.sleep(self._retry_backoff_s * 2 ** (attempt - 1))
             try:
-                response = self._client.send(http_request, stream=stream)
-            except httpx.TransportError as exc:
+                response = self._client.post(path, payload, stream=stream)
+            except http.TransportErrors as exc:
                 error = UpstreamError(f"upstream request failed: {exc!r}")
                 continue
             if response.is_success:
@@ -180,7 +176,7 @@ class _UpstreamStream:
     """Passes an upstream server-sent-event stream through as StreamChunks."""
 
     def __init__(
-        self, *, backend: OpenAIBackend, request: GenerationRequest, response: httpx.Response
+        self, *, backend: OpenAIBackend, request: GenerationRequest, response: http.Response
     ) -> None:
         self._backend = backend
         self._request = request
@@ -202,7 +198,7 @@ class _UpstreamStream:
                     if piece:
                         self._text_parts.append(piece)
                         return StreamChunk(text=piece)
-        except httpx.HTTPError as exc:
+        except http.TransportErrors as exc:
             self._close()
             raise UpstreamError(f"upstream stream broke off: {exc!r}") from exc
         except BaseException:
@@ -236,7 +232,7 @@ class _UpstreamStream:
             self._backend._track(-1)
 
 
-def _sse_data(response: httpx.Response) -> Iterator[dict[str, Any]]:
+def _sse_data(response: http.Response) -> Iterator[dict[str, Any]]:
     for line in response.iter_lines():
         if not line.startswith("data:"):
             continue
@@ -249,9 +245,8 @@ def _sse_data(response: httpx.Response) -> Iterator[dict[str, Any]]:
             raise UpstreamError(f"malformed upstream stream event: {data[:200]!r}") from exc
 
 
-def _status_error(response: httpx.Response) -> UpstreamError:
+def _status_error(response: http.Response) -> UpstreamError:
     body = response.read().decode("utf-8", errors="replace")
-    response.close()
     return UpstreamError(
         f"upstream answered {response.status_code}: {body[:500]}", status_code=response.status_code
     )

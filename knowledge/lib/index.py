@@ -50,7 +50,7 @@ DEFAULT_COMPACT_RATIO = 0.2
 DEFAULT_CACHE_BYTES = 1024 * 1024 * 1024
 
 _MAGIC = b"KNOWIDX1"
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
 _HEADER_LENGTH = struct.Struct("<I")
 _ORG_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -111,12 +111,19 @@ class _State:
 
 
 class _Snapshot:
-    """A loaded index file, never mutated after construction, so searches need no lock."""
+    """A loaded index file, never mutated after construction, so searches need no lock.
 
-    def __init__(self, *, state: _State, key: tuple[int, int, int]) -> None:
+    It keeps a descriptor of its file open: while the inode stays allocated, no newer file can
+    be given the same inode number, so (mtime, size, inode) cannot match a different version
+    even when writes land within one tick of the file system's clock.
+    """
+
+    def __init__(self, *, state: _State, key: tuple[int, int, int], pin: int) -> None:
+        self._pin: int | None = pin
         self.key = key
         self.kind = state.kind
         self.dim = state.dim
+        # Owns `inner` and `storage`, whose wrappers below do not keep it alive.
         self.index = state.index
         self.inner = faiss.downcast_index(state.index.index)
         # The flat vectors under either kind, searched directly for exact subset queries.
@@ -141,6 +148,12 @@ class _Snapshot:
             self._live_selector = faiss.IDSelectorBitmap(
                 len(self.live_mask), faiss.swig_ptr(self._live_bits)
             )
+
+    def __del__(self) -> None:
+        if self._pin is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._pin)
+            self._pin = None
 
     def search(self, *, query: npt.NDArray[np.float32], k: int, ef_search: int) -> list[SearchHit]:
         if self.kind == "exact":
@@ -376,8 +389,8 @@ class IndexStore:
             cached = self._cached(org_key, key)
             if cached is not None:
                 return cached
-            state, loaded_key = _read_state_with_key(path)
-            snapshot = _Snapshot(state=state, key=loaded_key)
+            state, loaded_key, pin = _read_state_pinned(path)
+            snapshot = _Snapshot(state=state, key=loaded_key, pin=pin)
             self._publish(org_key, snapshot)
             return snapshot
 
@@ -399,9 +412,14 @@ class IndexStore:
                 total -= evicted.nbytes
 
     def _commit(self, org_key: str, state: _State) -> None:
-        key = _write_state(self._path(org_key), state)
+        path = self._path(org_key)
+        _write_state(path, state)
+        # Under the lock the new file cannot be replaced before it is opened here.
+        pin = os.open(path, os.O_RDONLY)
+        stat = os.fstat(pin)
+        key = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
         # The state was private to this writer, so it can be shared from now on as-is.
-        self._publish(org_key, _Snapshot(state=state, key=key))
+        self._publish(org_key, _Snapshot(state=state, key=key, pin=pin))
 
     def _new_state(self, *, kind: IndexKind, dim: int) -> _State:
         inner: faiss.Index
@@ -494,12 +512,8 @@ def _normalized(values: npt.ArrayLike, *, what: str) -> npt.NDArray[np.float32]:
     return matrix
 
 
-def _write_state(path: Path, state: _State) -> tuple[int, int, int]:
-    """Write atomically: temp file in the same directory, fsync, rename, fsync the directory.
-
-    Returns the cache key of the file now at `path`. It is taken from the temp file's
-    descriptor, because by the time `path` could be stat'ed another writer may have replaced it.
-    """
+def _write_state(path: Path, state: _State) -> None:
+    """Write atomically: temp file in the same directory, fsync, rename, fsync the directory."""
     index_bytes = faiss.serialize_index(state.index).data
     tombstone_bytes = state.tombstones.astype("<i8").tobytes()
     checksum = zlib.crc32(index_bytes, zlib.crc32(tombstone_bytes))
@@ -510,7 +524,7 @@ def _write_state(path: Path, state: _State) -> tuple[int, int, int]:
             "dim": state.dim,
             "tombstones": len(state.tombstones),
             "index_bytes": len(index_bytes),
-            "crc32": checksum,
+            "crc32": f"{checksum:08x}",
         }
     ).encode("utf-8")
     fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
@@ -523,38 +537,41 @@ def _write_state(path: Path, state: _State) -> tuple[int, int, int]:
             handle.write(index_bytes)
             handle.flush()
             os.fsync(handle.fileno())
-            stat = os.fstat(handle.fileno())
         os.replace(temp_name, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp_name)
         raise
     _fsync_directory(path.parent)
-    return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
 
 
 def _read_state(path: Path) -> _State:
-    state, _ = _read_state_with_key(path)
+    state, _, pin = _read_state_pinned(path)
+    os.close(pin)
     return state
 
 
-def _read_state_with_key(path: Path) -> tuple[_State, tuple[int, int, int]]:
+def _read_state_pinned(path: Path) -> tuple[_State, tuple[int, int, int], int]:
+    """The parsed file, its cache key, and the still-open descriptor it was read through."""
     try:
-        handle = open(path, "rb")  # noqa: SIM115 - closed below, after fstat and read
+        fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         raise IndexMissing(f"no index file at {path}") from None
-    with handle:
-        stat = os.fstat(handle.fileno())
+    try:
+        stat = os.fstat(fd)
         buffer = np.empty(stat.st_size, dtype=np.uint8)
         view = buffer.data
         filled = 0
         while filled < stat.st_size:
-            read = handle.readinto(view[filled:])
+            read = os.readv(fd, [view[filled:]])
             if not read:
                 break
             filled += read
-    key = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
-    return _parse(buffer[:filled], path=path), key
+        state = _parse(buffer[:filled], path=path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return state, (stat.st_mtime_ns, stat.st_size, stat.st_ino), fd
 
 
 def _parse(buffer: npt.NDArray[np.uint8], *, path: Path) -> _State:
@@ -568,7 +585,7 @@ def _parse(buffer: npt.NDArray[np.uint8], *, path: Path) -> _State:
         dim = int(header["dim"])
         tombstone_count = int(header["tombstones"])
         index_length = int(header["index_bytes"])
-        checksum = int(header["crc32"])
+        checksum = int(header["crc32"], 16)
     except (ValueError, KeyError, TypeError) as exc:
         raise IndexCorrupt(f"{path} has an unreadable header: {exc}") from exc
     if header.get("format") != _FORMAT_VERSION or kind not in ("exact", "approximate"):
