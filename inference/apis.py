@@ -32,7 +32,7 @@ def sse_response(events: Iterator[bytes], *, session: GenerationSession) -> Stre
     response["X-Accel-Buffering"] = "no"
     # The server closes the response however it ends, even when the client left before the body
     # started and the generator never ran: the reservation is settled then.
-    response._resource_closers.append(session.close)
+    response._resource_closers.append(session.close)  # type: ignore[attr-defined]  # Django API without stubs
     return response
 
 

@@ -81,10 +81,10 @@ class Client:
                 connection.close()
                 raise
         for attempt in (1, 2):
-            connection = getattr(self._local, "connection", None)
-            fresh = connection is None
-            if connection is None:
-                connection = self._local.connection = self._connect()
+            kept: http.client.HTTPConnection | None = getattr(self._local, "connection", None)
+            fresh = kept is None
+            connection = kept if kept is not None else self._connect()
+            self._local.connection = connection
             try:
                 connection.request("POST", self._prefix + path, body=body, headers=self._headers)
                 return Response(connection.getresponse(), connection, reusable=True)

@@ -63,16 +63,20 @@ SPECIAL_TOKENS = (BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, SYSTEM_TOKEN, USER_TOKEN, ASS
 
 # Each turn is "<|role|>\n{content}</s>"; the prompt for generation ends with
 # "<|assistant|>\n". Unknown roles are rendered as user turns rather than rejected so that
-# any OpenAI-style message list can be formatted.
+# any OpenAI-style message list can be formatted. transformers renders templates with
+# trim_blocks, which drops a newline that follows a block tag, so each newline sits before
+# the next tag instead.
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{% for message in messages %}"
-    "{% if message['role'] == 'system' %}" + SYSTEM_TOKEN + ""
-    "{% elif message['role'] == 'assistant' %}" + ASSISTANT_TOKEN + ""
-    "{% else %}" + USER_TOKEN + "{% endif %}"
-    "\n{{ message['content'] }}{{ eos_token }}"
+    "{% if message['role'] == 'system' %}" + SYSTEM_TOKEN + "\n"
+    "{% elif message['role'] == 'assistant' %}" + ASSISTANT_TOKEN + "\n"
+    "{% else %}" + USER_TOKEN + "\n"
+    "{% endif %}"
+    "{{ message['content'] }}{{ eos_token }}"
     "{% endfor %}"
-    "{% if add_generation_prompt %}" + ASSISTANT_TOKEN + "\n{% endif %}"
+    "{% if add_generation_prompt %}" + ASSISTANT_TOKEN + "\n"
+    "{% endif %}"
 )
 
 # Standard-library modules whose docstrings complement the language reference. The list
@@ -377,6 +381,17 @@ def encode_documents(*, corpus: Corpus, tokenizer: PreTrainedTokenizerFast) -> l
     return documents
 
 
+def _check_chat_template_matches_training_format(*, tokenizer: PreTrainedTokenizerFast) -> None:
+    """Fail before training if chat prompts would not look like the chat training data."""
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "question"}, {"role": "assistant", "content": "answer"}],
+        tokenize=False,
+    )
+    expected = BOS_TOKEN + format_chat(prompt="question", answer="answer")
+    if rendered != expected:
+        raise RuntimeError(f"chat template renders {rendered!r}, training uses {expected!r}")
+
+
 # ----------------------------------------------------------------------------- data
 
 
@@ -601,18 +616,18 @@ def parse_settings(*, argv: Sequence[str]) -> tuple[TrainingSettings, Path]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR)
     parser.add_argument("--seed", type=int, default=1234)
-    parser.add_argument("--vocab-size", type=int, default=8192)
-    parser.add_argument("--hidden-size", type=int, default=256)
-    parser.add_argument("--intermediate-size", type=int, default=768)
+    parser.add_argument("--vocab-size", type=int, default=4096)
+    parser.add_argument("--hidden-size", type=int, default=192)
+    parser.add_argument("--intermediate-size", type=int, default=512)
     parser.add_argument("--num-layers", type=int, default=4)
     parser.add_argument("--num-heads", type=int, default=4)
     parser.add_argument("--num-kv-heads", type=int, default=4)
     parser.add_argument("--max-position-embeddings", type=int, default=1024)
     parser.add_argument("--sequence-length", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--warmup-steps", type=int, default=40)
-    parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--learning-rate", type=float, default=3e-3)
     parser.add_argument("--min-learning-rate", type=float, default=1e-4)
     parser.add_argument("--weight-decay", type=float, default=0.1)
     parser.add_argument(
@@ -624,7 +639,7 @@ def parse_settings(*, argv: Sequence[str]) -> tuple[TrainingSettings, Path]:
     parser.add_argument(
         "--max-minutes",
         type=float,
-        default=25.0,
+        default=45.0,
         help="stop early (and still save) once training has run this long",
     )
     parser.add_argument("--log-every", type=int, default=25)
@@ -669,6 +684,7 @@ def main(*, argv: Sequence[str]) -> int:
     tokenizer = train_tokenizer(
         corpus=corpus, vocab_size=settings.vocab_size, max_length=settings.max_position_embeddings
     )
+    _check_chat_template_matches_training_format(tokenizer=tokenizer)
     documents = encode_documents(corpus=corpus, tokenizer=tokenizer)
     epoch_tokens = sum(len(d) for d in documents)
     print(
