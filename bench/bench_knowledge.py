@@ -67,7 +67,7 @@ def _python_docs() -> str:
     return "\n\n".join(f"# {name}\n\n{text}" for name, text in sorted(topics.items()))
 
 
-def bench_ingestion() -> dict[str, float]:
+def bench_ingestion(*, max_bytes: int) -> dict[str, float]:
     from accounts.services import organization_create
     from inference.services import embedder_get
     from knowledge.lib.chunking import chunk_embedding_text, chunk_text
@@ -78,7 +78,7 @@ def bench_ingestion() -> dict[str, float]:
     app.conf.task_always_eager = False  # queue nothing: the benchmark runs the ingestion itself
     organization = organization_create(slug="ingest")
     embedder = embedder_get()
-    text = _python_docs()
+    text = _python_docs()[:max_bytes]
     title = "The Python Language Reference"
     pieces = chunk_text(text=text, title=title, tokenizer=embedder.tokenizer, max_tokens=embedder.max_tokens)
     texts = [chunk_embedding_text(chunk=c, title=title) for c in pieces]
@@ -177,7 +177,7 @@ def bench_search(*, chunks: int, queries: int) -> dict[str, object]:
         store.search(org_key=org_key(organization), query_vector=vector, k=5)
         search_times.append(time.perf_counter() - t)
 
-    env = {**os.environ, "DJANGO_ALLOWED_HOSTS": "127.0.0.1"}
+    env = {**os.environ, "DJANGO_ALLOWED_HOSTS": "127.0.0.1", "OMP_NUM_THREADS": "1"}
     port = free_port()
     web = start([str(BIN / "gunicorn"), "platform.wsgi:application", "--config", "platform/gunicorn.conf.py",
                  "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "4"], env=env,
@@ -222,11 +222,12 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--skip-ingestion", action="store_true")
+    parser.add_argument("--ingest-bytes", type=int, default=250_000, help="how much of the language reference")
     args = parser.parse_args()
     _setup_django()
     results: dict[str, object] = {}
     if not args.skip_ingestion:
-        results["ingestion"] = bench_ingestion()
+        results["ingestion"] = bench_ingestion(max_bytes=args.ingest_bytes)
     results["search"] = bench_search(chunks=args.chunks, queries=args.queries)
     print(save("knowledge", results))
 
