@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +14,9 @@ from rest_framework.test import APIClient
 from accounts import services as account_services
 from accounts.models import APIKey, Membership, Organization, User
 from accounts.services import api_key_create, membership_create, organization_create, user_create
+
+# The benchmarks start their servers with the same helpers.
+from bench.common import BIN, ROOT, free_port, wait_http  # noqa: F401
 from usage import services as usage_services
 
 
@@ -96,38 +101,6 @@ def assert_error_shape(response: Any, *, status: int, code: str | None = None) -
 
 # --- Servers started by the tests -----------------------------------------------------------
 
-import os  # noqa: E402
-import socket  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-import urllib.request  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_http(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except urllib.error.HTTPError:
-            return  # it answers
-        except OSError:
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited with {process.returncode}") from None
-            if time.monotonic() > deadline:
-                raise TimeoutError(url) from None
-            time.sleep(0.2)
 
 
 @pytest.fixture(scope="session")
