@@ -27,18 +27,48 @@ def main() -> None:
 
     inference_port = free_port()
     inference = start(
-        [str(BIN / "gunicorn"), "inference.server:create_app()", "--workers", "1", "--worker-class", "gthread",
-         "--threads", "64", "--bind", f"127.0.0.1:{inference_port}", "--timeout", "300"],
-        env={"PATH": str(BIN), "LLM_MODEL": args.model, "LLM_SERVED_MODEL_NAME": "default", "LLM_MAX_BATCH_SIZE": "32"},
+        [
+            str(BIN / "gunicorn"),
+            "inference.server:create_app()",
+            "--workers",
+            "1",
+            "--worker-class",
+            "gthread",
+            "--threads",
+            "64",
+            "--bind",
+            f"127.0.0.1:{inference_port}",
+            "--timeout",
+            "300",
+        ],
+        env={
+            "PATH": str(BIN),
+            "LLM_MODEL": args.model,
+            "LLM_SERVED_MODEL_NAME": "default",
+            "LLM_MAX_BATCH_SIZE": "32",
+        },
         health=f"http://127.0.0.1:{inference_port}/health",
     )
     env = _env(f"http://127.0.0.1:{inference_port}/v1")
     env["LLM_MODEL"] = "default"
     secret = _prepare_database(env)
     port = free_port()
-    web = start([str(BIN / "gunicorn"), "platform.wsgi:application", "--config", "platform/gunicorn.conf.py",
-                 "--bind", f"127.0.0.1:{port}", "--workers", "2", "--threads", "32"], env=env,
-                health=f"http://127.0.0.1:{port}/healthz")
+    web = start(
+        [
+            str(BIN / "gunicorn"),
+            "platform.wsgi:application",
+            "--config",
+            "platform/gunicorn.conf.py",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "2",
+            "--threads",
+            "32",
+        ],
+        env=env,
+        health=f"http://127.0.0.1:{port}/healthz",
+    )
     body = {"prompt": "Explain Python classes", "max_tokens": args.max_tokens, "temperature": 0.7}
     auth = {"Authorization": f"Bearer {secret}"}
     results: dict[str, object] = {"max_tokens": args.max_tokens, "seconds": args.seconds}
@@ -48,9 +78,12 @@ def main() -> None:
         for connections in (1, 32):
             result = wrk(url, connections=connections, seconds=args.seconds, body=body, headers=auth)
             results[f"c{connections}"] = result
-            print(f"{connections:>3} connections: {result.requests_per_second:7.2f} req/s, "
-                  f"{result.requests_per_second * args.max_tokens:7.0f} tokens/s, p50 {result.p50_ms:8.1f} ms, "
-                  f"p99 {result.p99_ms:8.1f} ms, errors {result.errors}", flush=True)
+            print(
+                f"{connections:>3} connections: {result.requests_per_second:7.2f} req/s, "
+                f"{result.requests_per_second * args.max_tokens:7.0f} tokens/s, p50 {result.p50_ms:8.1f} ms, "
+                f"p99 {result.p99_ms:8.1f} ms, errors {result.errors}",
+                flush=True,
+            )
     finally:
         stop(web, inference)
     print(save("http_generate", results))

@@ -87,9 +87,7 @@ def plain_encoder(
             hidden = model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-            embeddings: npt.NDArray[np.float32] = torch.nn.functional.normalize(
-                pooled, dim=-1
-            ).numpy()
+            embeddings: npt.NDArray[np.float32] = torch.nn.functional.normalize(pooled, dim=-1).numpy()
             return embeddings
 
     return encode
@@ -145,9 +143,7 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(str(MODEL_PATH))
     corpus = stdlib_docstrings()
     started = time.perf_counter()
-    all_chunks = chunk_text(
-        text=corpus, title=TITLE, tokenizer=tokenizer, max_tokens=args.chunk_tokens + 2
-    )
+    all_chunks = chunk_text(text=corpus, title=TITLE, tokenizer=tokenizer, max_tokens=args.chunk_tokens + 2)
     chunking_s = time.perf_counter() - started
     # The fullest chunks, so every passage is close to the requested size.
     selected = sorted(all_chunks, key=lambda chunk: -chunk.token_count)[: args.chunks]

@@ -43,15 +43,26 @@ def _setup_django() -> None:
     import subprocess
 
     os.environ.update(
-        DJANGO_SETTINGS_MODULE="platform.settings.production", DJANGO_SECRET_KEY="bench-" + "x" * 40,
-        DATABASE_URL=DATABASE_URL, REDIS_URL="redis://127.0.0.1:6379/3", CACHE_KEY_PREFIX="bench",
-        KNOWLEDGE_INDEX_DIR=str(INDEX_DIR), LOG_LEVEL="WARNING", DJANGO_SECURE_COOKIES="false",
+        DJANGO_SETTINGS_MODULE="platform.settings.production",
+        DJANGO_SECRET_KEY="bench-" + "x" * 40,
+        DATABASE_URL=DATABASE_URL,
+        REDIS_URL="redis://127.0.0.1:6379/3",
+        CACHE_KEY_PREFIX="bench",
+        KNOWLEDGE_INDEX_DIR=str(INDEX_DIR),
+        LOG_LEVEL="WARNING",
+        DJANGO_SECURE_COOKIES="false",
     )
     name = DATABASE_URL.rsplit("/", 1)[-1]
-    subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-c", f"DROP DATABASE IF EXISTS {name}"], check=True,
-                   capture_output=True)
-    subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-c", f"CREATE DATABASE {name}"], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-c", f"DROP DATABASE IF EXISTS {name}"],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-c", f"CREATE DATABASE {name}"],
+        check=True,
+        capture_output=True,
+    )
     subprocess.run(["redis-cli", "-n", "3", "FLUSHDB"], check=True, capture_output=True)
     import django
 
@@ -90,8 +101,13 @@ def bench_ingestion(*, max_bytes: int) -> dict[str, float]:
     from django.db import transaction
 
     with transaction.atomic():
-        outcome = document_upload(organization=organization, data=text.encode(), filename="reference.md",
-                                  content_type="text/markdown", title=title)
+        outcome = document_upload(
+            organization=organization,
+            data=text.encode(),
+            filename="reference.md",
+            content_type="text/markdown",
+            title=title,
+        )
     started = time.perf_counter()
     document_ingest(document_id=outcome.document.pk)
     pipeline_seconds = time.perf_counter() - started
@@ -104,7 +120,9 @@ def bench_ingestion(*, max_bytes: int) -> dict[str, float]:
         "encoder_chunks_per_s": round(len(texts) / encoder_seconds, 1),
         "pipeline_chunks_per_s": round(document.chunks_total / pipeline_seconds, 1),
     }
-    result["pipeline_share_of_encoder"] = round(result["pipeline_chunks_per_s"] / result["encoder_chunks_per_s"], 3)
+    result["pipeline_share_of_encoder"] = round(
+        result["pipeline_chunks_per_s"] / result["encoder_chunks_per_s"], 3
+    )
     print("ingestion", result, flush=True)
     return result
 
@@ -125,8 +143,10 @@ def _rss(pid: int) -> int:
 
 def _percentiles(samples: list[float]) -> dict[str, float]:
     ordered = sorted(samples)
-    return {"p50_ms": round(statistics.median(ordered) * 1000, 2),
-            "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000, 2)}
+    return {
+        "p50_ms": round(statistics.median(ordered) * 1000, 2),
+        "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000, 2),
+    }
 
 
 def bench_search(*, chunks: int, queries: int) -> dict[str, object]:
@@ -146,14 +166,30 @@ def bench_search(*, chunks: int, queries: int) -> dict[str, object]:
     from bench.bench_search import clustered_dataset
 
     corpus, _queries = clustered_dataset(n=chunks, dim=384, queries=1, seed=0)
-    document = Document.objects.create(organization=organization, title="corpus", size_bytes=1, content_hash="x",
-                                       data=b"x", status=Document.Status.INDEXED, format="text")
+    document = Document.objects.create(
+        organization=organization,
+        title="corpus",
+        size_bytes=1,
+        content_hash="x",
+        data=b"x",
+        status=Document.Status.INDEXED,
+        format="text",
+    )
     batch = []
     for position in range(chunks):
         vector = corpus[position]
-        batch.append(Chunk(organization=organization, document=document, position=position,
-                           text=f"passage {position}", start_char=0, end_char=1, token_count=3,
-                           embedding=vector.tobytes()))
+        batch.append(
+            Chunk(
+                organization=organization,
+                document=document,
+                position=position,
+                text=f"passage {position}",
+                start_char=0,
+                end_char=1,
+                token_count=3,
+                embedding=vector.tobytes(),
+            )
+        )
         if len(batch) == 5000:
             Chunk.objects.bulk_create(batch)
             batch = []
@@ -179,9 +215,22 @@ def bench_search(*, chunks: int, queries: int) -> dict[str, object]:
 
     env = {**os.environ, "DJANGO_ALLOWED_HOSTS": "127.0.0.1", "OMP_NUM_THREADS": "1"}
     port = free_port()
-    web = start([str(BIN / "gunicorn"), "platform.wsgi:application", "--config", "platform/gunicorn.conf.py",
-                 "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "4"], env=env,
-                health=f"http://127.0.0.1:{port}/healthz")
+    web = start(
+        [
+            str(BIN / "gunicorn"),
+            "platform.wsgi:application",
+            "--config",
+            "platform/gunicorn.conf.py",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "1",
+            "--threads",
+            "4",
+        ],
+        env=env,
+        health=f"http://127.0.0.1:{port}/healthz",
+    )
     try:
         worker = _children(web.pid)[0]
         rss_before = _rss(worker)
@@ -190,7 +239,9 @@ def bench_search(*, chunks: int, queries: int) -> dict[str, object]:
 
         def call(query: str) -> float:
             t = time.perf_counter()
-            connection.request("POST", "/api/v1/search/", body=json.dumps({"query": query, "top_k": 5}), headers=headers)
+            connection.request(
+                "POST", "/api/v1/search/", body=json.dumps({"query": query, "top_k": 5}), headers=headers
+            )
             response = connection.getresponse()
             body = response.read()
             assert response.status == 200, body[:300]
@@ -222,7 +273,9 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--skip-ingestion", action="store_true")
-    parser.add_argument("--ingest-bytes", type=int, default=250_000, help="how much of the language reference")
+    parser.add_argument(
+        "--ingest-bytes", type=int, default=250_000, help="how much of the language reference"
+    )
     args = parser.parse_args()
     _setup_django()
     results: dict[str, object] = {}

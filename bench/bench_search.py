@@ -252,15 +252,12 @@ def bench_dataset(
 
     exact_root = workdir / f"{name}-exact"
     started = time.perf_counter()
-    IndexStore(exact_root, approximate_threshold=n + 1).rebuild(
-        org_key=ORG, ids=ids, vectors=vectors
-    )
+    IndexStore(exact_root, approximate_threshold=n + 1).rebuild(org_key=ORG, ids=ids, vectors=vectors)
     build_exact_s = time.perf_counter() - started
     exact_rss = load_rss_delta(exact_root)
     exact_store = IndexStore(exact_root, approximate_threshold=n + 1)
     truth = [
-        [hit.id for hit in exact_store.search(org_key=ORG, query_vector=query, k=k)]
-        for query in queries
+        [hit.id for hit in exact_store.search(org_key=ORG, query_vector=query, k=k)] for query in queries
     ]
     numpy_truth = [numpy_search(position).tolist() for position in range(query_count)]
     with faiss_threads(search_threads):
@@ -293,9 +290,7 @@ def bench_dataset(
 
     approximate_root = workdir / f"{name}-approximate"
     started = time.perf_counter()
-    IndexStore(approximate_root, approximate_threshold=0).rebuild(
-        org_key=ORG, ids=ids, vectors=vectors
-    )
+    IndexStore(approximate_root, approximate_threshold=0).rebuild(org_key=ORG, ids=ids, vectors=vectors)
     result.build_approximate_s = round(time.perf_counter() - started, 2)
     approximate_rss = load_rss_delta(approximate_root)
     store = IndexStore(approximate_root)
@@ -308,10 +303,7 @@ def bench_dataset(
                 lambda position: store.search(org_key=ORG, query_vector=queries[position], k=k),
                 query_count,
             )
-        found = [
-            [hit.id for hit in store.search(org_key=ORG, query_vector=query, k=k)]
-            for query in queries
-        ]
+        found = [[hit.id for hit in store.search(org_key=ORG, query_vector=query, k=k)] for query in queries]
         result.variants.append(
             Variant(
                 name=f"approximate (HNSW M={store.hnsw_m}, efSearch={ef})",
@@ -329,10 +321,7 @@ def bench_dataset(
         for query, allowed_ids in zip(queries, allowed, strict=True)
     ]
     subset_found = [
-        [
-            hit.id
-            for hit in store.search(org_key=ORG, query_vector=query, k=k, allowed_ids=allowed_ids)
-        ]
+        [hit.id for hit in store.search(org_key=ORG, query_vector=query, k=k, allowed_ids=allowed_ids)]
         for query, allowed_ids in zip(queries, allowed, strict=True)
     ]
     with faiss_threads(search_threads):
@@ -371,19 +360,13 @@ def print_markdown(results: list[DatasetResult], *, threads: int) -> None:
             f"\n### {result.dataset}: {result.n:,} x {result.dim}-d, {result.queries} queries, "
             f"k={result.k}, faiss threads={threads}\n"
         )
-        print(
-            f"Build: exact {result.build_exact_s} s, approximate {result.build_approximate_s} s\n"
-        )
+        print(f"Build: exact {result.build_exact_s} s, approximate {result.build_approximate_s} s\n")
         print("| variant | p50 ms | p99 ms | recall@k | index file MB | RSS delta MB |")
         print("|---|---:|---:|---:|---:|---:|")
         for variant in result.variants:
             recall_text = "" if variant.recall is None else f"{variant.recall:.3f}"
-            file_mb = (
-                "" if variant.index_file_bytes is None else f"{variant.index_file_bytes / 1e6:.1f}"
-            )
-            rss_mb = (
-                "" if variant.rss_delta_bytes is None else f"{variant.rss_delta_bytes / 1e6:.1f}"
-            )
+            file_mb = "" if variant.index_file_bytes is None else f"{variant.index_file_bytes / 1e6:.1f}"
+            rss_mb = "" if variant.rss_delta_bytes is None else f"{variant.rss_delta_bytes / 1e6:.1f}"
             print(
                 f"| {variant.name} | {variant.latency.p50_ms:.2f} | {variant.latency.p99_ms:.2f} "
                 f"| {recall_text} | {file_mb} | {rss_mb} |"

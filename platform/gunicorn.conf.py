@@ -14,4 +14,3 @@ worker_class = "gthread"
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "300"))
 keepalive = 30
 accesslog = None
-

@@ -102,7 +102,6 @@ def assert_error_shape(response: Any, *, status: int, code: str | None = None) -
 # --- Servers started by the tests -----------------------------------------------------------
 
 
-
 @pytest.fixture(scope="session")
 def fake_upstream() -> Iterator[str]:
     """The benchmark's OpenAI-compatible upstream, as a real HTTP server."""

@@ -123,7 +123,9 @@ def test_gunicorn_serves_the_procfile_app() -> None:
                     break
             except OSError:
                 if server.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(server.stderr.read().decode() if server.stderr else "gunicorn died") from None
+                    raise AssertionError(
+                        server.stderr.read().decode() if server.stderr else "gunicorn died"
+                    ) from None
                 time.sleep(0.3)
     finally:
         server.terminate()

@@ -419,9 +419,7 @@ def packed_batches(
         epoch += 1
 
 
-def fixed_eval_batch(
-    *, documents: Sequence[Sequence[int]], sequence_length: int, rows: int
-) -> torch.Tensor:
+def fixed_eval_batch(*, documents: Sequence[Sequence[int]], sequence_length: int, rows: int) -> torch.Tensor:
     """Rows taken at even intervals of the unshuffled stream: a stable yardstick, not held out."""
     stream = [token for document in documents for token in document]
     stride = max(sequence_length, (len(stream) - sequence_length) // rows)
@@ -432,9 +430,7 @@ def fixed_eval_batch(
 # ---------------------------------------------------------------------------- model
 
 
-def build_model(
-    *, settings: TrainingSettings, tokenizer: PreTrainedTokenizerFast
-) -> LlamaForCausalLM:
+def build_model(*, settings: TrainingSettings, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=settings.hidden_size,
@@ -458,17 +454,13 @@ def learning_rate_at(*, step: int, settings: TrainingSettings) -> float:
         return settings.learning_rate * (step + 1) / settings.warmup_steps
     progress = (step - settings.warmup_steps) / max(1, settings.steps - settings.warmup_steps)
     cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    return (
-        settings.min_learning_rate + (settings.learning_rate - settings.min_learning_rate) * cosine
-    )
+    return settings.min_learning_rate + (settings.learning_rate - settings.min_learning_rate) * cosine
 
 
 @torch.no_grad()
 def evaluate(*, model: PreTrainedModel, batch: torch.Tensor) -> float:
     model.eval()
-    losses: list[float] = [
-        model(input_ids=row[None], labels=row[None]).loss.item() for row in batch
-    ]
+    losses: list[float] = [model(input_ids=row[None], labels=row[None]).loss.item() for row in batch]
     model.train()
     return sum(losses) / len(losses)
 
@@ -544,9 +536,7 @@ def train(
 # --------------------------------------------------------------------------- saving
 
 
-def save_model(
-    *, model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, output_dir: Path
-) -> None:
+def save_model(*, model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, output_dir: Path) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
@@ -605,9 +595,7 @@ def sample_outputs(*, model_dir: Path, seed: int) -> dict[str, str]:
             torch.manual_seed(seed)
             with torch.no_grad():
                 output = model.generate(**ids, max_new_tokens=120, **overrides)
-            completion = tokenizer.batch_decode(
-                output[:, prompt_length:], skip_special_tokens=True
-            )[0]
+            completion = tokenizer.batch_decode(output[:, prompt_length:], skip_special_tokens=True)[0]
             samples[f"{label} ({variant})"] = completion
     return samples
 
@@ -690,16 +678,12 @@ def main(*, argv: Sequence[str]) -> int:
     _check_chat_template_matches_training_format(tokenizer=tokenizer)
     documents = encode_documents(corpus=corpus, tokenizer=tokenizer)
     epoch_tokens = sum(len(d) for d in documents)
-    print(
-        f"tokenizer: {len(tokenizer)} tokens; corpus is {epoch_tokens} tokens per epoch", flush=True
-    )
+    print(f"tokenizer: {len(tokenizer)} tokens; corpus is {epoch_tokens} tokens per epoch", flush=True)
 
     model = build_model(settings=settings, tokenizer=tokenizer)
     parameter_count = sum(p.numel() for p in model.parameters())
     print(f"model: {parameter_count} parameters", flush=True)
-    eval_batch = fixed_eval_batch(
-        documents=documents, sequence_length=settings.sequence_length, rows=32
-    )
+    eval_batch = fixed_eval_batch(documents=documents, sequence_length=settings.sequence_length, rows=32)
 
     result = train(model=model, documents=documents, eval_batch=eval_batch, settings=settings)
     save_model(model=model, tokenizer=tokenizer, output_dir=output_dir)

@@ -188,9 +188,7 @@ def _encoder_lengths(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> li
     """Encoder input length of each text, special tokens included."""
     if not texts:
         return []
-    encoded = tokenizer(
-        texts, return_attention_mask=False, return_token_type_ids=False, verbose=False
-    )
+    encoded = tokenizer(texts, return_attention_mask=False, return_token_type_ids=False, verbose=False)
     return [len(ids) for ids in encoded["input_ids"]]
 
 
@@ -244,9 +242,7 @@ def _cut_strength(
         )
         return found
 
-    blank_lines = np.fromiter(
-        (match.start() for match in _BLANK_LINE.finditer(text)), dtype=np.int64
-    )
+    blank_lines = np.fromiter((match.start() for match in _BLANK_LINE.finditer(text)), dtype=np.int64)
     newlines = np.flatnonzero(codepoints == ord("\n")).astype(np.int64)
     paragraph = has_gap & any_within_gap(blank_lines)
     line = has_gap & any_within_gap(newlines)
@@ -281,9 +277,7 @@ def _choose_stop(*, strength: npt.NDArray[np.int8], first: int, budget: int, tot
     return earliest + int(np.flatnonzero(window == best)[-1])
 
 
-def _choose_overlap_start(
-    *, strength: npt.NDArray[np.int8], first: int, stop: int, overlap: int
-) -> int:
+def _choose_overlap_start(*, strength: npt.NDArray[np.int8], first: int, stop: int, overlap: int) -> int:
     """Where the next chunk starts: `overlap/2` to `overlap` tokens before `stop`."""
     if overlap == 0:
         return stop

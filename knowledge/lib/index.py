@@ -145,9 +145,7 @@ class _Snapshot:
             self.live_mask = state.live_mask()
             # IDSelectorBitmap reads the buffer without owning it: keep both alive together.
             self._live_bits = np.packbits(self.live_mask, bitorder="little")
-            self._live_selector = faiss.IDSelectorBitmap(
-                len(self.live_mask), faiss.swig_ptr(self._live_bits)
-            )
+            self._live_selector = faiss.IDSelectorBitmap(len(self.live_mask), faiss.swig_ptr(self._live_bits))
 
     def __del__(self) -> None:
         if self._pin is not None:
@@ -201,9 +199,7 @@ class _Snapshot:
         scores, positions = self.storage.search(query, min(k, members), params=params)
         return self._hits(scores[0], positions[0])
 
-    def _hits(
-        self, scores: npt.NDArray[np.float32], positions: npt.NDArray[np.int64]
-    ) -> list[SearchHit]:
+    def _hits(self, scores: npt.NDArray[np.float32], positions: npt.NDArray[np.int64]) -> list[SearchHit]:
         hits = []
         for score, position in zip(scores.tolist(), positions.tolist(), strict=True):
             if position < 0:
@@ -296,11 +292,7 @@ class IndexStore:
         id_array, matrix = _validated_batch(ids, vectors)
         with self._write_lock(org_key):
             path = self._path(org_key)
-            state = (
-                _read_state(path)
-                if path.exists()
-                else self._new_state(kind="exact", dim=matrix.shape[1])
-            )
+            state = _read_state(path) if path.exists() else self._new_state(kind="exact", dim=matrix.shape[1])
             if matrix.shape[1] != state.dim:
                 raise ValueError(f"vectors have dimension {matrix.shape[1]}, index has {state.dim}")
             _retire(state, id_array)

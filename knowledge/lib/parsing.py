@@ -131,8 +131,7 @@ def sniff_format(*, data: bytes, filename: str, content_type: str | None) -> Doc
     if content_type is not None and _media_type(content_type).startswith("text/"):
         return "text"
     raise UnsupportedFormat(
-        f"cannot tell the format of {filename!r} (content type {content_type!r}); "
-        f"supported: {_SUPPORTED}"
+        f"cannot tell the format of {filename!r} (content type {content_type!r}); supported: {_SUPPORTED}"
     )
 
 
@@ -285,9 +284,7 @@ def _check_declared_sizes(
     max_ratio: float,
 ) -> None:
     if len(members) > max_members:
-        raise CorruptDocument(
-            f"{filename!r} has {len(members)} zip members (limit {max_members}); refused"
-        )
+        raise CorruptDocument(f"{filename!r} has {len(members)} zip members (limit {max_members}); refused")
     # Summing declared sizes also counts members that share compressed data (overlapping-entry
     # bombs) once per entry.
     total = sum(member.file_size for member in members)
@@ -379,17 +376,13 @@ _LINE_MARK = "\ue001"
 _CELL_MARK = "\ue002"
 _MARKS = re.compile("[\ue000-\ue002]")
 # A cell separator only between two cells of a row, never before the row's end.
-_CELL_BETWEEN_CELLS = re.compile(
-    f"[ \t]*{_CELL_MARK}\\s*(?=[^\\s{_PARAGRAPH_MARK}{_LINE_MARK}{_CELL_MARK}])"
-)
+_CELL_BETWEEN_CELLS = re.compile(f"[ \t]*{_CELL_MARK}\\s*(?=[^\\s{_PARAGRAPH_MARK}{_LINE_MARK}{_CELL_MARK}])")
 _PARAGRAPH_BREAK = re.compile(f"\\s*{_PARAGRAPH_MARK}[\\s{_PARAGRAPH_MARK}{_LINE_MARK}]*")
 _LINE_BREAK = re.compile(f"[ \t]*{_LINE_MARK}[ \t{_LINE_MARK}]*")
 _COLLAPSIBLE = re.compile(r"[ \t\n\r\f\v]+")
 
 
-def _read_html(
-    *, data: bytes, filename: str, declared_charset: str | None
-) -> tuple[str | None, str]:
+def _read_html(*, data: bytes, filename: str, declared_charset: str | None) -> tuple[str | None, str]:
     charset = declared_charset
     if charset is None:
         meta = _HTML_META_CHARSET.search(data[:4096])
@@ -480,7 +473,5 @@ def _clean_title(title: str | None) -> str | None:
 
 def _empty_message(*, filename: str, document_format: DocumentFormat) -> str:
     if document_format == "pdf":
-        return (
-            f"{filename!r} has no extractable text; scanned PDFs need OCR, which is not supported"
-        )
+        return f"{filename!r} has no extractable text; scanned PDFs need OCR, which is not supported"
     return f"{filename!r} contains no text"

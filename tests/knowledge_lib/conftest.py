@@ -66,12 +66,9 @@ def build_pdf(pages: list[list[str]], *, title: str | None = None) -> bytes:
         content = f"BT /F1 12 Tf 14 TL 72 720 Td {shown} ET".encode() if lines else b""
         objects.append(
             b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
-            b"/Resources << /Font << /F1 3 0 R >> >> "
-            + f"/Contents {content_object} 0 R >>".encode()
+            b"/Resources << /Font << /F1 3 0 R >> >> " + f"/Contents {content_object} 0 R >>".encode()
         )
-        objects.append(
-            f"<< /Length {len(content)} >>\nstream\n".encode() + content + b"\nendstream"
-        )
+        objects.append(f"<< /Length {len(content)} >>\nstream\n".encode() + content + b"\nendstream")
     if title is not None:
         objects.append(f"<< /Title ({_pdf_string(title)}) >>".encode())
     output = io.BytesIO()
@@ -116,9 +113,7 @@ def build_docx(
     return output.getvalue()
 
 
-def with_extra_members(
-    archive: bytes, members: dict[str, Callable[[zipfile.ZipFile, str], None]]
-) -> bytes:
+def with_extra_members(archive: bytes, members: dict[str, Callable[[zipfile.ZipFile, str], None]]) -> bytes:
     """Copy a zip and append members, each written by its own writer function."""
     output = io.BytesIO()
     with (

@@ -169,9 +169,7 @@ def test_html_meta_charset_is_honoured() -> None:
 
 
 def test_html_is_recognised_by_its_start_without_a_name_hint() -> None:
-    assert sniff_format(data=b"  <!doctype html><p>x", filename="upload", content_type=None) == (
-        "html"
-    )
+    assert sniff_format(data=b"  <!doctype html><p>x", filename="upload", content_type=None) == ("html")
 
 
 def test_deeply_nested_html_does_not_crash_the_parser() -> None:
@@ -183,9 +181,7 @@ def test_deeply_nested_html_does_not_crash_the_parser() -> None:
 
 
 def test_pdf_text_and_title_are_extracted(make_pdf: Callable[..., bytes]) -> None:
-    data = make_pdf(
-        [["Quarterly report", "Revenue grew (a lot)."], ["Page two text."]], title="Q3 Report"
-    )
+    data = make_pdf([["Quarterly report", "Revenue grew (a lot)."], ["Page two text."]], title="Q3 Report")
 
     parsed = extract_text(data=data, filename="q3.pdf", content_type="application/pdf")
 
@@ -254,9 +250,7 @@ def test_docx_is_recognised_from_its_zip_content_without_extension(
 ) -> None:
     data = make_docx(paragraphs=["x"])
 
-    assert sniff_format(data=data, filename="upload", content_type="application/octet-stream") == (
-        "docx"
-    )
+    assert sniff_format(data=data, filename="upload", content_type="application/octet-stream") == ("docx")
 
 
 def test_docx_that_is_not_a_zip_is_corrupt() -> None:

@@ -198,9 +198,7 @@ def test_approximate_search_recall_against_exact(tmp_path: Path) -> None:
     found = 0
     for query in vectors[:100] + 0.05 * rng.standard_normal((100, 32)).astype(np.float32):
         exact = set(brute_force(normalized, ids, query, 10))
-        found += len(
-            exact & {hit.id for hit in store.search(org_key=ORG, query_vector=query, k=10)}
-        )
+        found += len(exact & {hit.id for hit in store.search(org_key=ORG, query_vector=query, k=10)})
 
     assert found / 1_000 >= 0.95
 
@@ -286,9 +284,7 @@ def test_organizations_are_separate(store: IndexStore) -> None:
 
 
 @pytest.mark.parametrize("org_key", ["../etc", "a/b", "", "x" * 65, "dot.dot"])
-def test_organization_keys_that_are_not_plain_names_are_refused(
-    store: IndexStore, org_key: str
-) -> None:
+def test_organization_keys_that_are_not_plain_names_are_refused(store: IndexStore, org_key: str) -> None:
     with pytest.raises(ValueError, match="organization key"):
         store.add(org_key=org_key, ids=[1], vectors=unit_vectors(1, seed=1))
 
@@ -309,9 +305,7 @@ def test_invalid_input_is_refused(store: IndexStore) -> None:
 
 
 @pytest.mark.parametrize("damage", ["flip-byte", "truncate", "garbage", "header"])
-def test_damaged_file_is_reported_as_corrupt(
-    store: IndexStore, tmp_path: Path, damage: str
-) -> None:
+def test_damaged_file_is_reported_as_corrupt(store: IndexStore, tmp_path: Path, damage: str) -> None:
     filled(store, kind="exact")
     path = tmp_path / f"{ORG}.faiss"
     data = bytearray(path.read_bytes())
@@ -340,9 +334,7 @@ def test_corrupt_index_can_be_rebuilt(store: IndexStore, tmp_path: Path) -> None
     assert store.count(org_key=ORG) == 1
 
 
-def test_leftover_temp_file_from_a_crash_is_ignored_then_cleaned(
-    store: IndexStore, tmp_path: Path
-) -> None:
+def test_leftover_temp_file_from_a_crash_is_ignored_then_cleaned(store: IndexStore, tmp_path: Path) -> None:
     ids, _ = filled(store, kind="exact")
     orphan = tmp_path / f".{ORG}.k3j9x_2a.tmp"
     orphan.write_bytes(b"half a write")
@@ -499,9 +491,7 @@ def test_threads_adding_and_searching_at_once_lose_nothing(tmp_path: Path) -> No
         except BaseException as exc:  # surfaced in the main thread below
             errors.append(exc)
 
-    threads = [
-        threading.Thread(target=add_batches, args=(first,)) for first in (1, 1_001, 2_001, 3_001)
-    ]
+    threads = [threading.Thread(target=add_batches, args=(first,)) for first in (1, 1_001, 2_001, 3_001)]
     for thread in threads:
         thread.start()
     for thread in threads:

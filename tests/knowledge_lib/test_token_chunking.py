@@ -51,9 +51,7 @@ def test_chunks_are_exact_slices_in_order(docs_chunks: list[Chunk], stdlib_docs_
     assert starts == sorted(starts)
 
 
-def test_chunks_cover_every_word_of_the_text(
-    docs_chunks: list[Chunk], stdlib_docs_text: str
-) -> None:
+def test_chunks_cover_every_word_of_the_text(docs_chunks: list[Chunk], stdlib_docs_text: str) -> None:
     covered_until = 0
     for chunk in docs_chunks:
         gap = stdlib_docs_text[covered_until : chunk.start_char]
@@ -88,9 +86,7 @@ def test_no_overlap_when_asked_for_none(minilm_tokenizer: PreTrainedTokenizerBas
 def test_chunks_end_at_paragraph_boundaries_when_available(
     minilm_tokenizer: PreTrainedTokenizerBase, overlap: int
 ) -> None:
-    paragraphs = [
-        f"Paragraph {i}. " + " ".join(f"word{i}x{j}" for j in range(25)) + "." for i in range(40)
-    ]
+    paragraphs = [f"Paragraph {i}. " + " ".join(f"word{i}x{j}" for j in range(25)) + "." for i in range(40)]
     text = "\n\n".join(paragraphs)
 
     chunks = chunk_text(
@@ -140,9 +136,7 @@ def test_a_word_longer_than_a_chunk_is_cut_inside_and_still_fits(
 def test_short_text_is_a_single_chunk(minilm_tokenizer: PreTrainedTokenizerBase) -> None:
     chunks = chunk_text(text="  Hello world.  ", title="Greeting", tokenizer=minilm_tokenizer)
 
-    assert chunks == [
-        Chunk(position=0, text="Hello world.", token_count=6, start_char=2, end_char=14)
-    ]
+    assert chunks == [Chunk(position=0, text="Hello world.", token_count=6, start_char=2, end_char=14)]
 
 
 def test_empty_text_has_no_chunks(minilm_tokenizer: PreTrainedTokenizerBase) -> None:

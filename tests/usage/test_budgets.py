@@ -149,9 +149,13 @@ def test_usage_report_command_prints_the_month(alice: Tenant, openai_backend: st
     assert out.splitlines()[-1].split() == ["total", "1", "1", "10", "11"]
 
 
-def test_stream_closed_before_its_body_started_releases_the_reservation(alice: Tenant, openai_backend: str) -> None:
+def test_stream_closed_before_its_body_started_releases_the_reservation(
+    alice: Tenant, openai_backend: str
+) -> None:
     call_command("set_budget", "--org", "alice", "--tokens", "1000")
-    response = alice.client().post("/api/v1/generate/", {"prompt": "hi", "max_tokens": 50, "stream": True}, format="json")
+    response = alice.client().post(
+        "/api/v1/generate/", {"prompt": "hi", "max_tokens": 50, "stream": True}, format="json"
+    )
     assert response.status_code == 200
     response.close()  # the client left before reading anything: the server closes the response
     budgets = alice.client().get("/api/v1/me/").json()["budgets"]
