@@ -39,8 +39,13 @@ lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy .
 
+# Needs PostgreSQL, Redis and wrk (apt-get install wrk); results go to bench/results/.
 bench: $(VENV)/.installed-dev
-	$(PY) bench/run_all.py
+	$(PY) bench/bench_gateway.py
+	$(PY) bench/bench_streams.py
+	$(PY) bench/bench_engine.py --model inference/default_model --threads 1 --out bench/results/engine.json
+	$(PY) bench/bench_http_generate.py
+	$(PY) bench/bench_knowledge.py
 
 clean:
 	rm -rf $(VENV) var
