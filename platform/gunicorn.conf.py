@@ -13,4 +13,7 @@ threads = int(os.environ.get("GUNICORN_THREADS", "64"))
 worker_class = "gthread"
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "300"))
 keepalive = 30
+# Caps the connections one worker holds, so that keep-alive clients spread over the workers
+# instead of piling onto whichever accepted first.
+worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000"))
 accesslog = None
