@@ -19,15 +19,29 @@ def document_get(*, organization: Organization, document_id: int) -> Document | 
 
 def chunks_by_ids(*, organization: Organization, chunk_ids: Iterable[int]) -> dict[int, Chunk]:
     """Chunks of indexed documents of this organization only: an id from another tenant, or of a
-    deleted or re-ingesting document, is simply absent."""
-    chunks = (
-        Chunk.objects.filter(
-            organization=organization, pk__in=list(chunk_ids), document__status=Document.Status.INDEXED
-        )
-        .select_related("document")
-        .defer("embedding", "document__data")
+    deleted or re-ingesting document, is simply absent.
+
+    Two primary-key lookups rather than one join: with a join, PostgreSQL may scan every chunk
+    of a large document and filter the ids (30 ms at 100,000 chunks) instead of using the key.
+    """
+    chunks = list(
+        Chunk.objects.filter(organization=organization, pk__in=list(chunk_ids)).defer("embedding").order_by()
     )
-    return {chunk.pk: chunk for chunk in chunks}
+    documents = {
+        document.pk: document
+        for document in Document.objects.filter(
+            organization=organization,
+            pk__in={chunk.document_id for chunk in chunks},
+            status=Document.Status.INDEXED,
+        ).only("id", "title", "organization_id", "status")
+    }
+    found = {}
+    for chunk in chunks:
+        document = documents.get(chunk.document_id)
+        if document is not None:
+            chunk.document = document
+            found[chunk.pk] = chunk
+    return found
 
 
 def chunk_ids_of_documents(*, organization: Organization, document_ids: Iterable[int]) -> list[int]:
