@@ -616,7 +616,7 @@ def parse_settings(*, argv: Sequence[str]) -> tuple[TrainingSettings, Path]:
     parser.add_argument("--max-position-embeddings", type=int, default=1024)
     parser.add_argument("--sequence-length", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=1600)
+    parser.add_argument("--steps", type=int, default=4800)
     parser.add_argument("--warmup-steps", type=int, default=60)
     parser.add_argument("--learning-rate", type=float, default=3e-3)
     parser.add_argument("--min-learning-rate", type=float, default=1e-4)
