@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import BIN, ROOT, free_port, save, start, stop, wrk  # noqa: E402
+from bench.common import BIN, ROOT, free_port, reset_services, save, start, stop, wrk  # noqa: E402
 
 DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/llm_platform_bench")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/3")
@@ -60,20 +60,7 @@ def _manage(env: dict[str, str], *args: str) -> str:
 
 
 def _prepare_database(env: dict[str, str]) -> str:
-    subprocess.run(
-        ["redis-cli", "-n", REDIS_URL.rsplit("/", 1)[-1], "FLUSHDB"], check=True, capture_output=True
-    )
-    name = DATABASE_URL.rsplit("/", 1)[-1]
-    subprocess.run(
-        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-c", f"DROP DATABASE IF EXISTS {name}"],
-        check=True,
-        capture_output=True,
-    )
-    subprocess.run(
-        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-c", f"CREATE DATABASE {name}"],
-        check=True,
-        capture_output=True,
-    )
+    reset_services(database_url=DATABASE_URL, redis_url=REDIS_URL)
     _manage(env, "migrate", "--noinput")
     _manage(env, "create_org", "bench")
     # Limits and a budget that the run never reaches: everything is checked, nothing refused.

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import BIN, free_port, save, start, stop  # noqa: E402
+from bench.common import BIN, free_port, reset_services, save, start, stop  # noqa: E402
 
 DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/llm_platform_bench")
 INDEX_DIR = Path(os.environ.get("BENCH_INDEX_DIR", "/tmp/llmp-bench-indexes"))
@@ -40,8 +40,6 @@ QUERIES = [
 
 
 def _setup_django() -> None:
-    import subprocess
-
     os.environ.update(
         DJANGO_SETTINGS_MODULE="platform.settings.production",
         DJANGO_SECRET_KEY="bench-" + "x" * 40,
@@ -52,18 +50,7 @@ def _setup_django() -> None:
         LOG_LEVEL="WARNING",
         DJANGO_SECURE_COOKIES="false",
     )
-    name = DATABASE_URL.rsplit("/", 1)[-1]
-    subprocess.run(
-        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-c", f"DROP DATABASE IF EXISTS {name}"],
-        check=True,
-        capture_output=True,
-    )
-    subprocess.run(
-        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-c", f"CREATE DATABASE {name}"],
-        check=True,
-        capture_output=True,
-    )
-    subprocess.run(["redis-cli", "-n", "3", "FLUSHDB"], check=True, capture_output=True)
+    reset_services(database_url=DATABASE_URL, redis_url="redis://127.0.0.1:6379/3")
     import django
 
     django.setup()

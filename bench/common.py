@@ -42,6 +42,18 @@ def wait_http(url: str, process: subprocess.Popen, timeout: float = 120) -> None
             time.sleep(0.2)
 
 
+def reset_services(*, database_url: str, redis_url: str) -> None:
+    """An empty PostgreSQL database and an empty Redis database for a benchmark run."""
+    subprocess.run(
+        ["redis-cli", "-n", redis_url.rsplit("/", 1)[-1], "FLUSHDB"], check=True, capture_output=True
+    )
+    name = database_url.rsplit("/", 1)[-1]
+    for statement in (f"DROP DATABASE IF EXISTS {name}", f"CREATE DATABASE {name}"):
+        subprocess.run(
+            ["psql", "-h", "127.0.0.1", "-U", "postgres", "-c", statement], check=True, capture_output=True
+        )
+
+
 def start(
     args: list[str], *, env: dict[str, str] | None = None, health: str | None = None
 ) -> subprocess.Popen:

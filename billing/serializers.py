@@ -5,6 +5,7 @@ from typing import Any
 from rest_framework import serializers
 
 from billing.selectors import COST_GROUPS
+from usage.serializers import DateRangeSerializer
 
 
 class PlanSummarySerializer(serializers.Serializer):
@@ -67,17 +68,8 @@ class EstimateSerializer(serializers.Serializer):
     total = serializers.DecimalField(max_digits=14, decimal_places=2)
 
 
-class CostQuerySerializer(serializers.Serializer):
-    start = serializers.DateField()
-    end = serializers.DateField()
+class CostQuerySerializer(DateRangeSerializer):
     group_by = serializers.ChoiceField(choices=COST_GROUPS, default="day")
-
-    def validate(self, attrs: dict) -> dict:
-        if attrs["end"] < attrs["start"]:
-            raise serializers.ValidationError({"end": "end is before start."})
-        if (attrs["end"] - attrs["start"]).days > 366:
-            raise serializers.ValidationError({"end": "A report covers at most 366 days."})
-        return attrs
 
 
 class CostRowSerializer(serializers.Serializer):

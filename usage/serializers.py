@@ -5,11 +5,11 @@ from rest_framework import serializers
 from usage.selectors import GROUPS
 
 
-class UsageQuerySerializer(serializers.Serializer):
+class DateRangeSerializer(serializers.Serializer):
+    """`start` and `end` days of a report, inclusive, at most a year apart."""
+
     start = serializers.DateField()
     end = serializers.DateField()
-    group_by = serializers.ChoiceField(choices=sorted(GROUPS), default="day")
-    format = serializers.ChoiceField(choices=["json", "csv"], default="json")
 
     def validate(self, attrs: dict) -> dict:
         if attrs["end"] < attrs["start"]:
@@ -17,6 +17,11 @@ class UsageQuerySerializer(serializers.Serializer):
         if (attrs["end"] - attrs["start"]).days > 366:
             raise serializers.ValidationError({"end": "A report covers at most 366 days."})
         return attrs
+
+
+class UsageQuerySerializer(DateRangeSerializer):
+    group_by = serializers.ChoiceField(choices=sorted(GROUPS), default="day")
+    format = serializers.ChoiceField(choices=["json", "csv"], default="json")
 
 
 class UsageRowSerializer(serializers.Serializer):
