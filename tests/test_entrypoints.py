@@ -183,3 +183,32 @@ def test_celery_worker_of_the_procfile_starts_and_answers_a_ping() -> None:
     finally:
         worker.terminate()
         worker.wait(timeout=30)
+
+
+@pytest.mark.skipif(not settings.CELERY_BROKER_URL, reason="needs a broker (REDIS_URL); CI sets it")
+def test_celery_beat_of_the_procfile_starts_in_a_fresh_deployment(tmp_path: Path) -> None:
+    """Beat's schedule file lives in the var folder, which a fresh clone or container lacks."""
+    var = tmp_path / "var-not-created"
+    env = _env(
+        DJANGO_SETTINGS_MODULE="platform.settings.production",
+        DJANGO_SECRET_KEY="entrypoint-" + "x" * 40,
+        PLATFORM_VAR_DIR=str(var),
+    )
+    beat = subprocess.Popen(
+        [str(BIN / "celery"), "-A", "platform.celery:app", "beat", "--loglevel", "INFO"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not list(var.glob("celerybeat-schedule*")):
+            if beat.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(beat.stderr.read().decode() if beat.stderr else "beat died")
+            time.sleep(0.3)
+        time.sleep(1)
+        assert beat.poll() is None
+    finally:
+        beat.terminate()
+        beat.wait(timeout=30)
