@@ -87,6 +87,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--server", choices=("gunicorn", "granian"), default="gunicorn")
     args = parser.parse_args()
 
     upstream_port = free_port()
@@ -106,8 +107,24 @@ def main() -> None:
     env = _env(upstream_url)
     secret = _prepare_database(env)
     port = free_port()
-    web = start(
-        [
+    if args.server == "granian":
+        command = [
+            str(BIN / "granian"),
+            "--interface",
+            "wsgi",
+            "platform.wsgi:application",
+            "--port",
+            str(port),
+            "--workers",
+            str(args.workers),
+            "--blocking-threads",
+            str(args.threads),
+            "--no-ws",
+            "--log-level",
+            "warning",
+        ]
+    else:
+        command = [
             str(BIN / "gunicorn"),
             "platform.wsgi:application",
             "--config",
@@ -118,10 +135,8 @@ def main() -> None:
             str(args.workers),
             "--threads",
             str(args.threads),
-        ],
-        env=env,
-        health=f"http://127.0.0.1:{port}/healthz",
-    )
+        ]
+    web = start(command, env=env, health=f"http://127.0.0.1:{port}/healthz")
     worker = start(
         [
             str(BIN / "celery"),
@@ -138,7 +153,12 @@ def main() -> None:
         ],
         env=env,
     )
-    results: dict[str, object] = {"workers": args.workers, "threads": args.threads, "seconds": args.seconds}
+    results: dict[str, object] = {
+        "server": args.server,
+        "workers": args.workers,
+        "threads": args.threads,
+        "seconds": args.seconds,
+    }
     try:
         auth = {"Authorization": f"Bearer {secret}"}
         gateway = f"http://127.0.0.1:{port}/v1/chat/completions"

@@ -6,8 +6,10 @@
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
+import redis
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 logger = logging.getLogger(__name__)
@@ -119,13 +121,22 @@ def handler404(request: HttpRequest, exception: Exception | None = None) -> Http
 
 def handler500(request: HttpRequest) -> HttpResponse:
     if is_api_path(request.path):
-        return internal_error_response()
+        return internal_error_response(sys.exc_info()[1])
     from django.views.defaults import server_error
 
     return server_error(request)
 
 
-def internal_error_response() -> JsonResponse:
+def internal_error_response(exception: BaseException | None = None) -> JsonResponse:
+    """A 500 in the error shape; a 503 that says to retry when the shared store (Redis: rate
+    limits, budgets, key cache) could not be reached, since nothing was done or charged."""
+    if isinstance(exception, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
+        return error_response(
+            status=503,
+            message="The platform's shared store is unavailable; nothing was charged. Retry shortly.",
+            code="store_unavailable",
+            headers={"Retry-After": "1"},
+        )
     return error_response(
         status=500,
         message="The server had an error while processing your request.",

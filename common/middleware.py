@@ -83,4 +83,4 @@ class APIErrorMiddleware:
         if not is_api_path(request.path):
             return None
         logger.exception("Unhandled error on %s %s", request.method, request.path)
-        return internal_error_response()
+        return internal_error_response(exception)

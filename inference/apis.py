@@ -75,6 +75,7 @@ class StatusApi(APIView):
 
 class GenerateApi(APIView):
     required_scope = GENERATE
+    reserves_budget = True  # its rate limits are counted with the reservation (usage.ratelimit)
 
     @extend_schema(
         tags=["inference"],

@@ -48,6 +48,7 @@ def _openai_stream(
 
 class _CompletionsBase(APIView):
     required_scope = GENERATE
+    reserves_budget = True  # its rate limits are counted with the reservation (usage.ratelimit)
     serializer_class: type[OpenAIInputSerializer]
     endpoint: str
 
@@ -111,6 +112,7 @@ class CompletionsApi(_CompletionsBase):
 
 class EmbeddingsApi(APIView):
     required_scope = GENERATE
+    reserves_budget = True  # its rate limits are counted with the reservation (usage.ratelimit)
 
     @extend_schema(tags=["openai"], request=EmbeddingInputSerializer, responses={200: dict})
     def post(self, request: Request) -> Response:

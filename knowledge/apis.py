@@ -150,6 +150,7 @@ class SearchApi(APIView):
 
 class RagApi(APIView):
     required_scope = RAG
+    reserves_budget = True  # its rate limits are counted with the reservation (usage.ratelimit)
 
     @extend_schema(
         tags=["knowledge"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import redis
 
 from tests.conftest import Tenant, assert_error_shape
 
@@ -47,3 +48,27 @@ def test_request_id_is_echoed_when_sane_and_minted_otherwise(alice: Tenant) -> N
     assert client.get("/api/v1/me/", HTTP_X_REQUEST_ID="abc-123")["X-Request-ID"] == "abc-123"
     minted = client.get("/api/v1/me/", HTTP_X_REQUEST_ID="bad id with spaces\n")["X-Request-ID"]
     assert minted.startswith("req_")
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "target, error",
+    [
+        ("usage.middleware.requests_hit", redis.exceptions.ConnectionError("Connection refused")),
+        ("usage.apis.usage_report", redis.exceptions.TimeoutError("Timeout reading from socket")),
+    ],
+)
+def test_shared_store_unreachable_is_503_to_retry(
+    alice: Tenant, monkeypatch, target: str, error: Exception
+) -> None:
+    """Redis down, in a middleware or in a view: a 503 that says to retry, not an opaque 500."""
+
+    def unreachable(**kwargs: object) -> None:
+        raise error
+
+    monkeypatch.setattr(target, unreachable)
+    client = alice.client()
+    client.raise_request_exception = False
+    response = client.get("/api/v1/usage/", {"start": "2026-01-01", "end": "2026-01-02"})
+    assert_error_shape(response, status=503, code="store_unavailable")
+    assert response["Retry-After"] == "1"

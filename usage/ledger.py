@@ -22,7 +22,7 @@ import json
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,11 +52,37 @@ class Balance:
 class ReserveRefused:
     counter: Counter
     balance: Balance
+    window_counts: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
 class Settlement:
     crossed_threshold: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Window:
+    """A rate-limit counter of one fixed window (django-ratelimit's key), counted in the same
+    atomic step as a reservation."""
+
+    key: str
+    limit: int
+    amount: int
+    ttl_seconds: int
+    # All or nothing (tokens per minute), or counted even past the limit (requests per
+    # minute: django-ratelimit counts every attempt).
+    fit: bool
+
+
+@dataclass(frozen=True)
+class WindowRefused:
+    index: int
+    window_counts: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Admitted:
+    window_counts: tuple[int, ...]
 
 
 @dataclass
@@ -98,29 +124,57 @@ class Ledger(ABC):
 
 # --- Redis -------------------------------------------------------------------------------
 
-# KEYS: reservation hash, deadlines zset, counter keys...
-# ARGV: amount, deadline, now, record json, counters json, then per counter: limit, ttl
+# KEYS: reservation hash, deadlines zset, window keys..., counter keys...
+# ARGV: amount, deadline, now, record json, counters json, window count,
+#       then per window: limit, amount, ttl, fit (1/0); then per counter: limit, ttl
 _RESERVE = """
 local amount = tonumber(ARGV[1])
-local n = #KEYS - 2
+local w = tonumber(ARGV[6])
+local n = #KEYS - 2 - w
+local cbase = 6 + 4 * w
 for i = 1, n do
-  if redis.call('EXISTS', KEYS[i + 2]) == 0 then return {'init', i} end
+  if redis.call('EXISTS', KEYS[2 + w + i]) == 0 then return {'init', i} end
 end
+local counts = {}
+local refused = 0
+for i = 1, w do
+  local a = 6 + 4 * (i - 1)
+  local limit, add, fit = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), ARGV[a + 4] == '1'
+  local k = KEYS[2 + i]
+  if fit then
+    counts[i] = tonumber(redis.call('GET', k) or '0')
+    if refused == 0 and counts[i] + add > limit then refused = i end
+  else
+    counts[i] = redis.call('INCRBY', k, add)
+    redis.call('EXPIRE', k, tonumber(ARGV[a + 3]), 'NX')
+    if refused == 0 and counts[i] > limit then refused = i end
+  end
+end
+if refused > 0 then return {'window', refused, counts} end
 for i = 1, n do
-  local k = KEYS[i + 2]
+  local k = KEYS[2 + w + i]
   local used = tonumber(redis.call('HGET', k, 'used') or '0')
   local reserved = tonumber(redis.call('HGET', k, 'reserved') or '0')
-  local limit = tonumber(ARGV[4 + 2 * i])
-  if used + reserved + amount > limit then return {'refused', i, used, reserved} end
+  if used + reserved + amount > tonumber(ARGV[cbase + 2 * i - 1]) then
+    return {'refused', i, used, reserved, counts}
+  end
+end
+for i = 1, w do
+  local a = 6 + 4 * (i - 1)
+  if ARGV[a + 4] == '1' then
+    local k = KEYS[2 + i]
+    counts[i] = redis.call('INCRBY', k, tonumber(ARGV[a + 2]))
+    redis.call('EXPIRE', k, tonumber(ARGV[a + 3]), 'NX')
+  end
 end
 for i = 1, n do
-  local k = KEYS[i + 2]
+  local k = KEYS[2 + w + i]
   redis.call('HINCRBY', k, 'reserved', amount)
-  redis.call('EXPIRE', k, tonumber(ARGV[5 + 2 * i]))
+  redis.call('EXPIRE', k, tonumber(ARGV[cbase + 2 * i]))
 end
 redis.call('HSET', KEYS[1], 'amount', amount, 'record', ARGV[4], 'counters', ARGV[5])
 redis.call('ZADD', KEYS[2], tonumber(ARGV[2]), KEYS[1])
-return {'ok'}
+return {'ok', counts}
 """
 
 # KEYS: reservation hash, deadlines zset, records stream, events stream
@@ -202,24 +256,54 @@ class RedisLedger(Ledger):
         record: dict[str, Any],
         ttl_seconds: int,
     ) -> ReserveRefused | None:
+        outcome = self.admit(
+            reservation_id=reservation_id,
+            counters=counters,
+            amount=amount,
+            record=record,
+            ttl_seconds=ttl_seconds,
+            windows=(),
+        )
+        return outcome if isinstance(outcome, ReserveRefused) else None
+
+    def admit(
+        self,
+        *,
+        reservation_id: str,
+        counters: list[Counter],
+        amount: int,
+        record: dict[str, Any],
+        ttl_seconds: int,
+        windows: Sequence[Window],
+    ) -> Admitted | ReserveRefused | WindowRefused:
+        """Counts the rate-limit windows and reserves on the budgets in one atomic round trip:
+        a window over its limit refuses before any budget is touched, a budget that cannot
+        take `amount` refuses before any tokens-per-minute are added."""
         now = time.time()
         keys = [self._k(f"resv:{reservation_id}"), self._k("resv:deadlines")]
+        keys += [window.key for window in windows]
         keys += [self._k(c.key) for c in counters]
         described = json.dumps([[self._k(c.key), c.limit, c.threshold, c.label, c.period] for c in counters])
-        args: list[Any] = [amount, now + ttl_seconds, now, json.dumps(record), described]
+        args: list[Any] = [amount, now + ttl_seconds, now, json.dumps(record), described, len(windows)]
+        for window in windows:
+            args += [window.limit, window.amount, window.ttl_seconds, 1 if window.fit else 0]
         for counter in counters:
             args += [counter.limit, counter.ttl_seconds]
         for _attempt in range(len(counters) + 1):
             result = self._reserve(keys=keys, args=args)
             outcome = result[0].decode() if isinstance(result[0], bytes) else result[0]
             if outcome == "ok":
-                return None
+                return Admitted(window_counts=tuple(int(c) for c in result[1]))
             if outcome == "init":
                 self._init_counter(counters[int(result[1]) - 1])
                 continue
+            if outcome == "window":
+                return WindowRefused(index=int(result[1]) - 1, window_counts=tuple(int(c) for c in result[2]))
             index = int(result[1]) - 1
             return ReserveRefused(
-                counter=counters[index], balance=Balance(used=int(result[2]), reserved=int(result[3]))
+                counter=counters[index],
+                balance=Balance(used=int(result[2]), reserved=int(result[3])),
+                window_counts=tuple(int(c) for c in result[4]),
             )
         raise RuntimeError("budget counters vanished while reserving")
 

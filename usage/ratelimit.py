@@ -4,12 +4,19 @@ The windows and counter keys are django-ratelimit's (`_get_window`, `_make_cache
 one-minute window per subject, counted in the shared cache, so a limit holds exactly whatever
 the number of processes. Without Redis, counting goes through django-ratelimit's `get_usage`
 on the local cache. On Redis, `get_usage` would cost three round trips per limit (add, exists,
-incrby); here every limit of a request is counted in one pipelined round trip instead."""
+incrby); here every limit of a request is counted in one pipelined round trip instead.
+
+A request that reserves budget (generation, embeddings) goes further: the middleware defers its
+limits (`defer`), and the reservation counts them in the same atomic Redis step as the budgets
+(`usage.ledger.RedisLedger.admit`), so admission costs one round trip in all. What was deferred
+but never counted (the view refused the request before reserving) is counted when the response
+leaves (`DeferredLimits.settle_uncounted`)."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from contextvars import ContextVar, Token
+from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.core.cache import cache
@@ -17,6 +24,8 @@ from django.http import HttpRequest
 from django_ratelimit.core import ALL, _get_window, _make_cache_key, get_usage
 
 from accounts.context import AuthContext
+from common.errors import APIError
+from usage.ledger import Window
 
 WINDOW_SECONDS = 60
 _EXPIRY = WINDOW_SECONDS + 60
@@ -76,6 +85,14 @@ def _redis_remove(limits: list[_Limit], amount: int) -> None:
     for limit in limits:
         pipe.decrby(limit.cache_key, amount)
     pipe.execute()
+
+
+def _remove(limits: list[_Limit], amount: int) -> None:
+    if settings.REDIS_URL:
+        _redis_remove(limits, amount)
+    else:
+        for limit in limits:
+            cache.decr(limit.cache_key, amount)
 
 
 def _state(kind: str, limit: _Limit, count: int, now: float) -> LimitState:
@@ -139,11 +156,7 @@ def tokens_hit(*, context: AuthContext, tokens: int) -> LimitState | None:
     states = [_state("tokens", limit, count, now) for limit, count in zip(limits, counts, strict=True)]
     refused = next((i for i, s in enumerate(states) if s.exceeded), None)
     if refused is not None and tokens:
-        if settings.REDIS_URL:
-            _redis_remove(limits, tokens)
-        else:
-            for limit in limits:
-                cache.decr(limit.cache_key, tokens)
+        _remove(limits, tokens)
         after_rollback = _state("tokens", limits[refused], counts[refused] - tokens, now)
         return LimitState(
             "tokens",
@@ -159,3 +172,116 @@ def tokens_hit(*, context: AuthContext, tokens: int) -> LimitState | None:
 def format_reset(seconds: int) -> str:
     minutes, secs = divmod(max(0, seconds), 60)
     return f"{minutes}m{secs}s" if minutes else f"{secs}s"
+
+
+class RateLimited(APIError):
+    status = 429
+    code = "rate_limit_exceeded"
+
+    def __init__(self, state: LimitState) -> None:
+        owner = "API key" if state.owner == "key" else "organization"
+        super().__init__(
+            f"Rate limit reached for your {owner}: {state.limit} {state.kind} per minute. "
+            f"Try again in {format_reset(state.reset_seconds)}.",
+            type=state.kind,
+            headers={"Retry-After": str(max(1, state.reset_seconds))},
+        )
+        self.state = state
+
+
+@dataclass
+class DeferredLimits:
+    """The rate limits of one request, left for its budget reservation to count."""
+
+    request: HttpRequest
+    context: AuthContext
+    tokens: int
+    counted: bool = False
+    states: dict[str, LimitState | None] = field(default_factory=dict)
+    _requests: list[_Limit] = field(default_factory=list)
+    _tokens: list[_Limit] = field(default_factory=list)
+
+    def windows(self) -> list[Window]:
+        """The requests and tokens windows, for `RedisLedger.admit`."""
+        self._requests = _limits(self.context, "requests")
+        self._tokens = _limits(self.context, "tokens")
+        return [Window(limit.cache_key, limit.limit, 1, _EXPIRY, False) for limit in self._requests] + [
+            Window(limit.cache_key, limit.limit, self.tokens, _EXPIRY, True) for limit in self._tokens
+        ]
+
+    def counted_in_redis(self, counts: list[int], refused: int | None) -> None:
+        """Takes the counts `admit` returned; raises RateLimited when a window refused."""
+        self.counted = True
+        now = time.time()
+        split = len(self._requests)
+        requests = [
+            _state("requests", lim, c, now) for lim, c in zip(self._requests, counts[:split], strict=True)
+        ]
+        tokens = [_state("tokens", lim, c, now) for lim, c in zip(self._tokens, counts[split:], strict=True)]
+        if refused is not None and refused >= split:
+            limit, count = self._tokens[refused - split], counts[refused]
+            tokens[refused - split] = LimitState(
+                "tokens",
+                limit.limit,
+                max(0, limit.limit - count),
+                max(0, limit.window - int(now)),
+                True,
+                limit.owner,
+            )
+        self.states = {"requests": _tightest(requests), "tokens": _tightest(tokens)}
+        for state in self.states.values():
+            if state is not None and state.exceeded:
+                raise RateLimited(state)
+
+    def count(self) -> None:
+        """Counts the limits on their own (no Redis ledger, or nothing reserved); raises
+        RateLimited when one refuses."""
+        self.counted = True
+        self.states["requests"] = requests_hit(request=self.request, context=self.context)
+        if self.states["requests"] is not None and self.states["requests"].exceeded:
+            raise RateLimited(self.states["requests"])
+        self.states["tokens"] = tokens_hit(context=self.context, tokens=self.tokens)
+        if self.states["tokens"] is not None and self.states["tokens"].exceeded:
+            raise RateLimited(self.states["tokens"])
+
+    def refund_tokens(self) -> None:
+        """The budgets refused after `count()`: the tokens were not admitted after all."""
+        state = self.states.get("tokens")
+        if state is None or not self.tokens:
+            return
+        _remove(_limits(self.context, "tokens"), self.tokens)
+        self.states["tokens"] = LimitState(
+            "tokens",
+            state.limit,
+            min(state.limit, state.remaining + self.tokens),
+            state.reset_seconds,
+            False,
+            state.owner,
+        )
+
+    def settle_uncounted(self) -> None:
+        """A request refused before its reservation still counts as a request."""
+        if not self.counted:
+            self.counted = True
+            self.states["requests"] = requests_hit(request=self.request, context=self.context)
+            self.states["tokens"] = tokens_hit(context=self.context, tokens=0)
+
+
+_deferred: ContextVar[DeferredLimits | None] = ContextVar("deferred_rate_limits", default=None)
+
+
+def defer(limits: DeferredLimits) -> Token[DeferredLimits | None]:
+    """Until `undefer`, `deferred_claim()` hands these limits to the request's reservation."""
+    return _deferred.set(limits)
+
+
+def undefer(token: Token[DeferredLimits | None]) -> None:
+    _deferred.reset(token)
+
+
+def deferred_claim(context: AuthContext) -> DeferredLimits | None:
+    """The current request's deferred limits, if still uncounted and for this caller."""
+    limits = _deferred.get()
+    if limits is None or limits.counted or limits.context is not context:
+        return None
+    return limits

@@ -21,8 +21,17 @@ from django.utils import timezone
 from accounts.context import AuthContext
 from accounts.models import BudgetPeriod, EndUserBudget, Organization
 from common.errors import APIError
-from usage import periods
-from usage.ledger import Balance, Counter, Ledger, LocalLedger, RedisLedger, Sink
+from usage import periods, ratelimit
+from usage.ledger import (
+    Balance,
+    Counter,
+    Ledger,
+    LocalLedger,
+    RedisLedger,
+    ReserveRefused,
+    Sink,
+    WindowRefused,
+)
 from usage.models import BudgetEvent
 from usage.selectors import tokens_used_since
 
@@ -237,13 +246,36 @@ def quota_reserve(
         "model": model,
         "created_at": now.isoformat(),
     }
-    refused = ledger.reserve(
-        reservation_id=reservation_id,
-        counters=counters,
-        amount=amount,
-        record=record,
-        ttl_seconds=settings.RESERVATION_TTL_SECONDS,
-    )
+    # The request's rate limits, deferred by the middleware, are counted here: with the budgets
+    # in one atomic round trip on Redis, on their own before the reservation otherwise.
+    limits = ratelimit.deferred_claim(context)
+    refused: ReserveRefused | None
+    if limits is not None and isinstance(ledger, RedisLedger):
+        outcome = ledger.admit(
+            reservation_id=reservation_id,
+            counters=counters,
+            amount=amount,
+            record=record,
+            ttl_seconds=settings.RESERVATION_TTL_SECONDS,
+            windows=limits.windows(),
+        )
+        limits.counted_in_redis(
+            list(outcome.window_counts),
+            refused=outcome.index if isinstance(outcome, WindowRefused) else None,
+        )
+        refused = outcome if isinstance(outcome, ReserveRefused) else None
+    else:
+        if limits is not None:
+            limits.count()
+        refused = ledger.reserve(
+            reservation_id=reservation_id,
+            counters=counters,
+            amount=amount,
+            record=record,
+            ttl_seconds=settings.RESERVATION_TTL_SECONDS,
+        )
+        if refused is not None and limits is not None:
+            limits.refund_tokens()
     if refused is not None:
         remaining = max(0, refused.counter.limit - refused.balance.used - refused.balance.reserved)
         raise QuotaExceeded(

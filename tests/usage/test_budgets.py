@@ -107,6 +107,34 @@ def test_tokens_per_minute_limit_refuses_before_inference(alice: Tenant, openai_
     assert error["type"] == "tokens"
 
 
+def test_generation_counts_each_request_once_whether_admitted_or_refused(
+    alice: Tenant, openai_backend: str
+) -> None:
+    """Generation routes count their rate limits with the reservation; a request the view
+    refuses before reserving (bad input) still counts, once."""
+    call_command("set_rate_limit", "--org", "alice", "--rpm", "3")
+    first = _generate(alice)
+    assert first.status_code == 200 and first["x-ratelimit-remaining-requests"] == "2"
+    bad = _generate(alice, prompt="")
+    assert_error_shape(bad, status=400)
+    assert bad["x-ratelimit-remaining-requests"] == "1"
+    assert _generate(alice)["x-ratelimit-remaining-requests"] == "0"
+    refused = _generate(alice)
+    error = assert_error_shape(refused, status=429, code="rate_limit_exceeded")
+    assert error["type"] == "requests"
+    assert int(refused["Retry-After"]) >= 1
+    assert refused["x-ratelimit-remaining-requests"] == "0"
+
+
+def test_request_refused_for_budget_adds_no_tokens_per_minute(alice: Tenant, openai_backend: str) -> None:
+    call_command("set_rate_limit", "--org", "alice", "--tpm", "1000")
+    call_command("set_budget", "--org", "alice", "--tokens", "5")
+    refused = _generate(alice, max_tokens=20)
+    assert_error_shape(refused, status=429, code="insufficient_quota")
+    assert refused["x-ratelimit-remaining-tokens"] == "1000"
+    assert alice.client().get("/api/v1/me/")["x-ratelimit-remaining-tokens"] == "1000"
+
+
 def test_usage_report_groups_and_csv(alice: Tenant, openai_backend: str) -> None:
     assert _generate(alice, user_id="u-1").status_code == 200
     assert _generate(alice, user_id="u-2").status_code == 200

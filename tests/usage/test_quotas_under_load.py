@@ -105,9 +105,11 @@ def test_concurrent_requests_from_several_processes_never_overspend_and_leave_no
     assert budget.reserved == 0
 
 
+@pytest.mark.parametrize("route", ["me", "generate"])
 def test_requests_per_minute_holds_exactly_across_two_server_processes(
-    alice: Tenant, start_gunicorn: Any
+    alice: Tenant, openai_backend: str, start_gunicorn: Any, route: str
 ) -> None:
+    """`me` is counted by the middleware; `generate` in the same atomic step as its budget."""
     limit = 10
     alice.organization.requests_per_minute = limit
     alice.organization.save()
@@ -115,9 +117,13 @@ def test_requests_per_minute_holds_exactly_across_two_server_processes(
     window_end = _get_window(f"org:{alice.organization.pk}", 60)
     if window_end - time.time() < 8:  # too close to the window's end: start in the next one
         time.sleep(window_end - time.time() + 0.5)
-    urls = [f"{servers[i % 2]}/api/v1/me/" for i in range(3 * limit)]
+    urls = [f"{servers[i % 2]}/api/v1/{route}/" for i in range(3 * limit)]
     with ThreadPoolExecutor(max_workers=8) as pool:
-        statuses = list(pool.map(lambda url: _get_status(url, alice.secret), urls))
+        if route == "me":
+            statuses = list(pool.map(lambda url: _get_status(url, alice.secret), urls))
+        else:
+            body = {"prompt": "count the requests", "max_tokens": 4}
+            statuses = [status for status, _ in pool.map(lambda url: _post(url, alice.secret, body), urls)]
     assert statuses.count(200) == limit
     assert statuses.count(429) == 2 * limit
 
