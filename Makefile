@@ -29,8 +29,7 @@ run: $(VENV)/.installed-prod
 	DJANGO_SETTINGS_MODULE=platform.settings.development $(PY) manage.py migrate --noinput
 	DJANGO_SETTINGS_MODULE=platform.settings.development $(PY) manage.py bootstrap_demo --base-url http://$(HOST):$(PORT)
 	DJANGO_SETTINGS_MODULE=platform.settings.development LLM_WARMUP=1 \
-		$(VENV)/bin/gunicorn platform.wsgi:application --config platform/gunicorn.conf.py \
-		--bind $(HOST):$(PORT) --workers 1
+		$(PY) -m platform.web --host $(HOST) --port $(PORT) --workers 1
 
 test: $(VENV)/.installed-dev
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

@@ -5,9 +5,10 @@
     everything on: authentication, rate limits, token counting, budget reservation and
     settlement, a usage record (flushed to PostgreSQL by a Celery worker with beat).
 Both at 1 and 32 connections with wrk, in the same run, on PostgreSQL and Redis, under the
-production server setup (gunicorn gthread, WEB_CONCURRENCY workers).
+production server setup (`python -m platform.web`: granian, 2 workers x 64 threads), or
+gunicorn's gthread workers for comparison (`--server gunicorn`).
 
-    python bench/bench_gateway.py [--seconds 15] [--workers 2] [--threads 8]
+    python bench/bench_gateway.py [--seconds 15] [--workers 2] [--threads 64] [--server production|gunicorn]
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import BIN, ROOT, free_port, reset_services, save, start, stop, wrk  # noqa: E402
+from bench.common import BIN, ROOT, free_port, reset_services, save, start, stop, web_command, wrk  # noqa: E402
 
 DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/llm_platform_bench")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/3")
@@ -86,8 +87,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=8)
-    parser.add_argument("--server", choices=("gunicorn", "granian"), default="gunicorn")
+    parser.add_argument("--threads", type=int, default=64)
+    parser.add_argument("--server", choices=("production", "gunicorn"), default="production")
     args = parser.parse_args()
 
     upstream_port = free_port()
@@ -107,28 +108,14 @@ def main() -> None:
     env = _env(upstream_url)
     secret = _prepare_database(env)
     port = free_port()
-    if args.server == "granian":
-        command = [
-            str(BIN / "granian"),
-            "--interface",
-            "wsgi",
-            "platform.wsgi:application",
-            "--port",
-            str(port),
-            "--workers",
-            str(args.workers),
-            "--blocking-threads",
-            str(args.threads),
-            "--no-ws",
-            "--log-level",
-            "warning",
-        ]
-    else:
+    if args.server == "production":
+        command = web_command(port=port, workers=args.workers, threads=args.threads)
+    else:  # the previous setup, for comparison: gunicorn's gthread workers
         command = [
             str(BIN / "gunicorn"),
             "platform.wsgi:application",
-            "--config",
-            "platform/gunicorn.conf.py",
+            "--worker-class",
+            "gthread",
             "--bind",
             f"127.0.0.1:{port}",
             "--workers",

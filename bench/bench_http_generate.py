@@ -1,6 +1,6 @@
 """Issue 3, end to end through the HTTP API: requests/s and p50/p99 latency of
 POST /api/v1/generate/ at 1 and 32 connections, with the shipped default model on the CPU, in
-the production layout: the gateway (gunicorn gthread, 2 workers, openai backend) in front of the
+the production layout: the gateway (granian, 2 workers, openai backend) in front of the
 inference service (one process holding the model, batching every request).
 
     python bench/bench_http_generate.py [--seconds 20] [--max-tokens 32]
@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_gateway import _env, _prepare_database  # noqa: E402
-from bench.common import BIN, ROOT, free_port, save, start, stop, wrk  # noqa: E402
+from bench.common import BIN, ROOT, free_port, save, start, stop, web_command, wrk  # noqa: E402
 
 
 def main() -> None:
@@ -54,18 +54,7 @@ def main() -> None:
     secret = _prepare_database(env)
     port = free_port()
     web = start(
-        [
-            str(BIN / "gunicorn"),
-            "platform.wsgi:application",
-            "--config",
-            "platform/gunicorn.conf.py",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            "2",
-            "--threads",
-            "32",
-        ],
+        web_command(port=port, workers=2, threads=32),
         env=env,
         health=f"http://127.0.0.1:{port}/healthz",
     )

@@ -4,7 +4,7 @@
    embedding, database writes and the index update — in chunks/s, against the raw encoder's
    throughput on exactly the same chunk texts, in the same run.
 2. Search for one organization holding 100,000 chunks: query embedding alone, index search
-   alone, and the whole `POST /api/v1/search/` request over HTTP (gunicorn), p50/p99.
+   alone, and the whole `POST /api/v1/search/` request over HTTP (the production web server), p50/p99.
 3. Memory: index file size, and the web process's resident memory before and after loading it.
 
     python bench/bench_knowledge.py [--chunks 100000] [--queries 200]
@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import BIN, free_port, reset_services, save, start, stop  # noqa: E402
+from bench.common import free_port, reset_services, save, start, stop, web_command  # noqa: E402
 
 DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/llm_platform_bench")
 INDEX_DIR = Path(os.environ.get("BENCH_INDEX_DIR", "/tmp/llmp-bench-indexes"))
@@ -203,18 +203,7 @@ def bench_search(*, chunks: int, queries: int) -> dict[str, object]:
     env = {**os.environ, "DJANGO_ALLOWED_HOSTS": "127.0.0.1", "OMP_NUM_THREADS": "1"}
     port = free_port()
     web = start(
-        [
-            str(BIN / "gunicorn"),
-            "platform.wsgi:application",
-            "--config",
-            "platform/gunicorn.conf.py",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            "1",
-            "--threads",
-            "4",
-        ],
+        web_command(port=port, workers=1, threads=4),
         env=env,
         health=f"http://127.0.0.1:{port}/healthz",
     )

@@ -1,7 +1,7 @@
 """Issue 3: streams must not pin a worker per idle client. 64 concurrent streaming requests
 through the platform (openai backend, an upstream that sends one token every 50 ms), served by
-the production setup (gunicorn gthread: 2 workers x 64 threads) against a baseline of gunicorn's
-sync workers (one request per process at a time), in the same run.
+the production setup (`python -m platform.web`: granian, 2 workers x 64 threads) against a
+baseline of gunicorn's sync workers (one request per process at a time), in the same run.
 
     python bench/bench_streams.py [--streams 64]
 """
@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_gateway import _env, _prepare_database  # noqa: E402
-from bench.common import BIN, free_port, save, start, stop  # noqa: E402
+from bench.common import BIN, free_port, save, start, stop, web_command  # noqa: E402
 
 TOKENS = 20  # one every 50 ms: a stream lasts about a second
 
@@ -105,27 +105,27 @@ def main() -> None:
     secret = _prepare_database(env)
     results = {}
     try:
-        for name, server_args in (
+        for name, command in (
             (
-                "gthread 2 workers x 64 threads (production)",
-                ["--worker-class", "gthread", "--workers", "2", "--threads", "64"],
+                "granian 2 workers x 64 threads (production)",
+                lambda port: web_command(port=port, workers=2, threads=64),
             ),
-            ("sync 2 workers (baseline)", ["--worker-class", "sync", "--workers", "2", "--threads", "1"]),
-        ):
-            port = free_port()
-            web = start(
-                [
+            (
+                "gunicorn sync 2 workers (baseline)",
+                lambda port: [
                     str(BIN / "gunicorn"),
                     "platform.wsgi:application",
-                    "--config",
-                    "platform/gunicorn.conf.py",
+                    "--worker-class",
+                    "sync",
+                    "--workers",
+                    "2",
                     "--bind",
                     f"127.0.0.1:{port}",
-                    *server_args,
                 ],
-                env=env,
-                health=f"http://127.0.0.1:{port}/healthz",
-            )
+            ),
+        ):
+            port = free_port()
+            web = start(command(port), env=env, health=f"http://127.0.0.1:{port}/healthz")
             try:
                 # A first round opens every thread's database connection and loads the engine.
                 _run(f"http://127.0.0.1:{port}", secret, args.streams)

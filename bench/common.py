@@ -57,10 +57,27 @@ def reset_services(*, database_url: str, redis_url: str) -> None:
 def start(
     args: list[str], *, env: dict[str, str] | None = None, health: str | None = None
 ) -> subprocess.Popen:
-    process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # BENCH_LOG=<file> keeps the servers' output, to see why a run had errors.
+    log = open(os.environ["BENCH_LOG"], "ab") if os.environ.get("BENCH_LOG") else subprocess.DEVNULL  # noqa: SIM115
+    process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=log)
     if health:
         wait_http(health, process)
     return process
+
+
+def web_command(*, port: int, workers: int, threads: int) -> list[str]:
+    """The production web server (`python -m platform.web`: granian), on 127.0.0.1:port."""
+    return [
+        str(BIN / "python"),
+        "-m",
+        "platform.web",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--threads",
+        str(threads),
+    ]
 
 
 def stop(*processes: subprocess.Popen) -> None:

@@ -16,7 +16,7 @@ from accounts.models import APIKey, Membership, Organization, User
 from accounts.services import api_key_create, membership_create, organization_create, user_create
 
 # The benchmarks start their servers with the same helpers.
-from bench.common import BIN, ROOT, free_port, wait_http  # noqa: F401
+from bench.common import BIN, ROOT, free_port, wait_http, web_command  # noqa: F401
 from usage import services as usage_services
 
 
@@ -202,25 +202,15 @@ def celery_worker_process() -> Iterator[subprocess.Popen]:
 
 
 @pytest.fixture
-def start_gunicorn() -> Iterator[Any]:
-    """Starts the Procfile's web server (gunicorn, gthread) on a free port; stops it after the test."""
+def start_web_server() -> Iterator[Any]:
+    """Starts the Procfile's web server (`python -m platform.web`) on a free port; stops it
+    after the test."""
     started: list[subprocess.Popen] = []
 
     def start(*, workers: int = 2, threads: int = 16) -> str:
         port = free_port()
         process = subprocess.Popen(
-            [
-                str(BIN / "gunicorn"),
-                "platform.wsgi:application",
-                "--config",
-                "platform/gunicorn.conf.py",
-                "--bind",
-                f"127.0.0.1:{port}",
-                "--workers",
-                str(workers),
-                "--threads",
-                str(threads),
-            ],
+            web_command(port=port, workers=workers, threads=threads),
             cwd=ROOT,
             env=server_env(),
             stdout=subprocess.DEVNULL,

@@ -94,23 +94,19 @@ def test_plain_pytest_finds_the_settings(tmp_path: Path) -> None:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_gunicorn_serves_the_procfile_app() -> None:
+def test_web_server_of_the_procfile_serves_the_app() -> None:
     port = _free_port()
+    procfile = dict(line.split(": ", 1) for line in (ROOT / "Procfile").read_text().splitlines() if line)
     server = subprocess.Popen(
-        [
-            str(BIN / "gunicorn"),
-            "platform.wsgi:application",
-            "--config",
-            "platform/gunicorn.conf.py",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            "1",
-            "--threads",
-            "2",
-        ],
+        ["bash", "-c", f"exec {procfile['web']}"],
         cwd=ROOT,
-        env=_env(DJANGO_SETTINGS_MODULE="platform.settings.test"),
+        env=_env(
+            DJANGO_SETTINGS_MODULE="platform.settings.test",
+            PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}",
+            PORT=str(port),
+            WEB_CONCURRENCY="1",
+            WEB_THREADS="2",
+        ),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -124,7 +120,7 @@ def test_gunicorn_serves_the_procfile_app() -> None:
             except OSError:
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise AssertionError(
-                        server.stderr.read().decode() if server.stderr else "gunicorn died"
+                        server.stderr.read().decode() if server.stderr else "the web server died"
                     ) from None
                 time.sleep(0.3)
     finally:

@@ -37,9 +37,9 @@ def _indexed(base: str, secret: str, document_id: int) -> None:
 
 
 def test_document_indexed_by_a_worker_is_found_by_every_web_worker(
-    alice: Tenant, celery_worker_process: Any, start_gunicorn: Any
+    alice: Tenant, celery_worker_process: Any, start_web_server: Any
 ) -> None:
-    base = start_gunicorn(workers=2, threads=2)
+    base = start_web_server(workers=2, threads=2)
     first = _call(
         f"{base}/api/v1/documents/",
         alice.secret,

@@ -1,5 +1,5 @@
 """What must hold across processes: budgets under concurrent load, rate limits across servers,
-streams cut by the client. Real gunicorn processes on PostgreSQL and Redis (CI)."""
+streams cut by the client. Real web server processes on PostgreSQL and Redis (CI)."""
 
 from __future__ import annotations
 
@@ -76,13 +76,13 @@ def _context(tenant: Tenant) -> AuthContext:
 
 
 def test_concurrent_requests_from_several_processes_never_overspend_and_leave_nothing_reserved(
-    alice: Tenant, openai_backend: str, start_gunicorn: Any
+    alice: Tenant, openai_backend: str, start_web_server: Any
 ) -> None:
     alice.organization.token_quota = 600
     alice.organization.requests_per_minute = None
     alice.organization.tokens_per_minute = None
     alice.organization.save()
-    base = start_gunicorn(workers=2, threads=16)
+    base = start_web_server(workers=2, threads=16)
     with ProcessPoolExecutor(max_workers=4) as pool:
         batches = list(
             pool.map(_client_process, [f"{base}/api/v1/generate/"] * 4, [alice.secret] * 4, [50] * 4)
@@ -107,13 +107,13 @@ def test_concurrent_requests_from_several_processes_never_overspend_and_leave_no
 
 @pytest.mark.parametrize("route", ["me", "generate"])
 def test_requests_per_minute_holds_exactly_across_two_server_processes(
-    alice: Tenant, openai_backend: str, start_gunicorn: Any, route: str
+    alice: Tenant, openai_backend: str, start_web_server: Any, route: str
 ) -> None:
     """`me` is counted by the middleware; `generate` in the same atomic step as its budget."""
     limit = 10
     alice.organization.requests_per_minute = limit
     alice.organization.save()
-    servers = [start_gunicorn(workers=1, threads=4), start_gunicorn(workers=1, threads=4)]
+    servers = [start_web_server(workers=1, threads=4), start_web_server(workers=1, threads=4)]
     window_end = _get_window(f"org:{alice.organization.pk}", 60)
     if window_end - time.time() < 8:  # too close to the window's end: start in the next one
         time.sleep(window_end - time.time() + 0.5)
@@ -129,9 +129,9 @@ def test_requests_per_minute_holds_exactly_across_two_server_processes(
 
 
 def test_stream_cut_by_the_client_is_billed_for_what_it_generated(
-    alice: Tenant, openai_backend: str, start_gunicorn: Any
+    alice: Tenant, openai_backend: str, start_web_server: Any
 ) -> None:
-    base = start_gunicorn(workers=1, threads=4)
+    base = start_web_server(workers=1, threads=4)
     parsed = urlparse(base)
     body = json.dumps({"prompt": "SLOW_STREAM please", "max_tokens": 40, "stream": True}).encode()
     with socket.create_connection((parsed.hostname, parsed.port), timeout=30) as sock:
