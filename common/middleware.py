@@ -5,9 +5,14 @@ import re
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
+from django.conf import settings
+from django.core.handlers.exception import convert_exception_to_response
 from django.http import HttpRequest, HttpResponse
+from django.utils.module_loading import import_string
 
+from common import after_response
 from common.errors import error_response, internal_error_response, is_api_path
 from common.logging import request_id_var
 from common.metrics import REQUEST_LATENCY, REQUESTS
@@ -39,10 +44,12 @@ class RequestIDMiddleware:
         request_id = incoming if _SANE_REQUEST_ID.match(incoming) else f"req_{uuid.uuid4().hex}"
         request.request_id = request_id  # type: ignore[attr-defined]
         token = request_id_var.set(request_id)
+        deferred = after_response.collect()
         try:
             response = self.get_response(request)
         finally:
             request_id_var.reset(token)
+        after_response.attach(deferred, response)
         response["X-Request-ID"] = request_id
         match = getattr(request, "resolver_match", None)
         route = match.route if match is not None else "unmatched"
@@ -84,3 +91,37 @@ class APIErrorMiddleware:
             return None
         logger.exception("Unhandled error on %s %s", request.method, request.path)
         return internal_error_response(exception)
+
+
+class SiteMiddleware:
+    """Django's middlewares for the admin and the HTML pages (`settings.SITE_MIDDLEWARE`: static
+    files, sessions, CSRF, login, messages, clickjacking), applied to every request outside the
+    API. API requests authenticate by header, never by cookie, so they skip the whole stack:
+    no session or CSRF work on the hot path, and an admin's cookie cannot act on the API."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+        handler: Callable[[HttpRequest], Any] = get_response
+        self._view_hooks: list[Callable[..., HttpResponse | None]] = []
+        for path in reversed(settings.SITE_MIDDLEWARE):
+            instance = import_string(path)(handler)
+            if hasattr(instance, "process_view"):
+                self._view_hooks.insert(0, instance.process_view)
+            handler = convert_exception_to_response(instance)
+        self._site = handler
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if is_api_path(request.path):
+            return self.get_response(request)
+        return self._site(request)
+
+    def process_view(
+        self, request: HttpRequest, view_func: Callable[..., Any], args: Any, kwargs: Any
+    ) -> HttpResponse | None:
+        if is_api_path(request.path):
+            return None
+        for hook in self._view_hooks:
+            response = hook(request, view_func, args, kwargs)
+            if response is not None:
+                return response
+        return None

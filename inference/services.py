@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from django.conf import settings
@@ -16,6 +17,7 @@ from django.utils import timezone
 
 from accounts.context import AuthContext
 from accounts.models import APIKey, Membership
+from common.after_response import after_response
 from common.errors import APIError, ServiceUnavailable
 from inference.engine import (
     ContextLengthExceeded,
@@ -234,7 +236,12 @@ def generation_run(
     except BaseException:
         reservation.release(status="error")
         raise
-    reservation.settle(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens)
+    # Charged once the response is sent (the tokens stay reserved until then).
+    after_response(
+        partial(
+            reservation.settle, prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens
+        )
+    )
     return _outcome(result, request_id, started)
 
 

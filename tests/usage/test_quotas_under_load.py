@@ -94,6 +94,10 @@ def test_concurrent_requests_from_several_processes_never_overspend_and_leave_no
     admitted = sum(1 for status, _ in outcomes if status == 200)
     assert 0 < admitted < 200
 
+    # A response is charged when the server has sent it: wait for the last ones to settle.
+    deadline = time.monotonic() + 10
+    while budget_views(context=_context(alice))[0].reserved and time.monotonic() < deadline:
+        time.sleep(0.05)
     usage_stream_flush()
     charged = UsageRecord.objects.filter(organization=alice.organization).aggregate(
         total=Sum(F("prompt_tokens") + F("completion_tokens"))
