@@ -8,6 +8,7 @@ from django.core.cache import cache
 from django.db import models
 from django.db.models import QuerySet
 
+from accounts.keycache import local_key_cache
 from accounts.models import APIKey, Membership, Organization, User
 
 ModelT = TypeVar("ModelT", bound=models.Model)
@@ -34,9 +35,13 @@ class ResolvedAPIKey:
 
 
 def api_key_resolve(*, prefix: str) -> ResolvedAPIKey | None:
-    """The key with this prefix, its organization, user and membership, from the shared cache
-    when possible (no database query on the hot path). Services that change a key or an
-    organization delete the cached entry, so changes apply on the next request."""
+    """The key with this prefix, its organization, user and membership: from this process's
+    cache (`accounts.keycache`), else the shared cache, else the database. Services that change a
+    key or an organization delete the shared entry and tell every process to drop its own."""
+    entry = local_key_cache.get(prefix)
+    if entry is not None:
+        return _resolved(entry)
+    generation = local_key_cache.generation()
     entry = cache.get(api_key_cache_key(prefix))
     if entry is None:
         api_key = APIKey.objects.select_related("organization", "user").filter(prefix=prefix).first()
@@ -54,6 +59,11 @@ def api_key_resolve(*, prefix: str) -> ResolvedAPIKey | None:
             "membership": _snapshot(membership) if membership is not None else None,
         }
         cache.set(api_key_cache_key(prefix), entry, timeout=settings.API_KEY_CACHE_SECONDS)
+    local_key_cache.put(prefix, entry, generation)
+    return _resolved(entry)
+
+
+def _resolved(entry: dict[str, Any]) -> ResolvedAPIKey:
     organization = _restore(Organization, entry["organization"])
     api_key = _restore(APIKey, entry["api_key"])
     api_key.organization = organization

@@ -11,7 +11,7 @@ from django.utils import timezone
 from django.utils.text import slugify
 from oauth2_provider.models import get_application_model
 
-from accounts import keys
+from accounts import keycache, keys
 from accounts.models import APIKey, Membership, OAuthClient, Organization, User
 from accounts.scopes import ALL_SCOPES
 from accounts.selectors import api_key_cache_key
@@ -39,10 +39,17 @@ def api_key_cache_invalidate(*, prefixes: Iterable[str]) -> None:
     """Deletes cached key lookups now and again once the surrounding transaction commits (a
     concurrent request may have cached the old row in between), so that the next request in
     any process reads the new state."""
+    prefixes = list(prefixes)
     cache_keys = [api_key_cache_key(prefix) for prefix in prefixes]
     if cache_keys:
         cache.delete_many(cache_keys)
-        transaction.on_commit(lambda: cache.delete_many(cache_keys))
+        keycache.publish(prefixes)
+
+        def after_commit() -> None:
+            cache.delete_many(cache_keys)
+            keycache.publish(prefixes)
+
+        transaction.on_commit(after_commit)
 
 
 def organization_cache_invalidate(*, organization: Organization) -> None:

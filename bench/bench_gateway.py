@@ -149,7 +149,7 @@ def main() -> None:
     try:
         auth = {"Authorization": f"Bearer {secret}"}
         gateway = f"http://127.0.0.1:{port}/v1/chat/completions"
-        wrk(gateway, connections=4, seconds=3, body=BODY, headers=auth)  # warm up both
+        wrk(gateway, connections=32, seconds=3, body=BODY, headers=auth)  # warm up both, every worker
         wrk(f"{upstream_url}/chat/completions", connections=4, seconds=2, body=BODY)
         for connections in (1, 32):
             direct = wrk(

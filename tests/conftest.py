@@ -12,6 +12,7 @@ from django.core.cache import cache
 from rest_framework.test import APIClient
 
 from accounts import services as account_services
+from accounts.keycache import local_key_cache
 from accounts.models import APIKey, Membership, Organization, User
 from accounts.services import api_key_create, membership_create, organization_create, user_create
 
@@ -36,6 +37,7 @@ def _clear() -> None:
     else:
         cache.clear()
     usage_services._local_ledger = None
+    local_key_cache.clear()
     account_services._touched_at.clear()
 
 

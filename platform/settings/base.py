@@ -220,6 +220,8 @@ SPECTACULAR_SETTINGS = {
 # API key lookups are cached in the shared cache so that authentication costs no database
 # query; every change to a key or its organization deletes the entry.
 API_KEY_CACHE_SECONDS = env.int("API_KEY_CACHE_SECONDS", default=300)
+# Each process also keeps resolved keys, dropped on every invalidation (accounts.keycache).
+API_KEY_LOCAL_CACHE_SECONDS = env.int("API_KEY_LOCAL_CACHE_SECONDS", default=60)
 API_KEY_LAST_USED_RESOLUTION_SECONDS = env.int("API_KEY_LAST_USED_RESOLUTION_SECONDS", default=60)
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")

@@ -1,0 +1,126 @@
+"""Resolved API keys held in each process, so that authenticating a request costs no round trip.
+
+A process serves entries from here only while it is sure to hear every invalidation: the
+services publish each invalidated key prefix on a Redis channel (`publish`), and a subscriber
+thread in every process drops it from here. While that subscription is not confirmed (starting,
+or the connection to Redis lost) the cache is bypassed and lookups go to the shared cache, so a
+lost subscription degrades speed, never correctness. An entry read from the shared cache while
+an invalidation arrives is not kept (`generation`), and every entry also ages out after
+`API_KEY_LOCAL_CACHE_SECONDS`. Without Redis (one process) the shared cache is already local and
+this cache stays off.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import redis
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+CHANNEL_SUFFIX = "auth:invalidate"
+
+
+def _channel() -> str:
+    return f"{settings.CACHE_KEY_PREFIX}:{CHANNEL_SUFFIX}"
+
+
+class LocalKeyCache:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._generation = 0
+        self._live = False
+        self._pid: int | None = None
+
+    def enabled(self) -> bool:
+        return bool(settings.REDIS_URL) and settings.API_KEY_LOCAL_CACHE_SECONDS > 0
+
+    def get(self, prefix: str) -> dict[str, Any] | None:
+        if not self.enabled():
+            return None
+        self._ensure_listening()
+        found = self._entries.get(prefix)
+        if found is None or not self._live or found[0] < time.monotonic():
+            return None
+        return found[1]
+
+    def generation(self) -> int:
+        return self._generation
+
+    def put(self, prefix: str, entry: dict[str, Any], generation: int) -> None:
+        """Keeps `entry` unless an invalidation arrived since `generation` was read."""
+        if not self.enabled():
+            return
+        with self._lock:
+            if self._live and generation == self._generation:
+                self._entries[prefix] = (time.monotonic() + settings.API_KEY_LOCAL_CACHE_SECONDS, entry)
+
+    def drop(self, prefixes: Iterable[str]) -> None:
+        with self._lock:
+            self._generation += 1
+            for prefix in prefixes:
+                self._entries.pop(prefix, None)
+
+    def clear(self, *, live: bool | None = None) -> None:
+        with self._lock:
+            self._generation += 1
+            self._entries.clear()
+            if live is not None:
+                self._live = live
+
+    def _ensure_listening(self) -> None:
+        if self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            self._pid = os.getpid()  # a forked child starts its own subscriber
+            self._live = False
+            self._entries.clear()
+        threading.Thread(target=self._listen, name="api-key-invalidations", daemon=True).start()
+
+    def _listen(self) -> None:
+        while True:
+            try:
+                client = redis.Redis.from_url(
+                    settings.REDIS_URL, socket_timeout=None, health_check_interval=10
+                )
+                pubsub = client.pubsub()
+                pubsub.subscribe(_channel())
+                while True:
+                    message = pubsub.get_message(timeout=5.0)
+                    if message is None:
+                        continue
+                    if message["type"] == "subscribe":
+                        self.clear(live=True)  # from here on, no invalidation is missed
+                    elif message["type"] == "message":
+                        self.drop([message["data"].decode()])
+            except Exception:
+                logger.warning(
+                    "API key invalidations: subscription lost, bypassing the local cache", exc_info=True
+                )
+            self.clear(live=False)
+            time.sleep(1)
+
+
+local_key_cache = LocalKeyCache()
+
+
+def publish(prefixes: list[str]) -> None:
+    """Tells every process to drop these keys (this one at once)."""
+    local_key_cache.drop(prefixes)
+    if not settings.REDIS_URL or not prefixes:
+        return
+    from usage.services import redis_client
+
+    pipe = redis_client().pipeline(transaction=False)
+    for prefix in prefixes:
+        pipe.publish(_channel(), prefix)
+    pipe.execute()
