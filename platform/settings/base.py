@@ -219,6 +219,8 @@ SPECTACULAR_SETTINGS = {
 
 # API key lookups are cached in the shared cache so that authentication costs no database
 # query; every change to a key or its organization deletes the entry.
+# Python's GIL switch interval in the web workers (platform/wsgi.py); Python's default is 5.
+WEB_GIL_SWITCH_INTERVAL_MS = env.float("WEB_GIL_SWITCH_INTERVAL_MS", default=50.0)
 API_KEY_CACHE_SECONDS = env.int("API_KEY_CACHE_SECONDS", default=300)
 # Each process also keeps resolved keys, dropped on every invalidation (accounts.keycache).
 API_KEY_LOCAL_CACHE_SECONDS = env.int("API_KEY_LOCAL_CACHE_SECONDS", default=60)
