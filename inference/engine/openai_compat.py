@@ -103,7 +103,7 @@ class OpenAIBackend:
     def shutdown(self) -> None:
         self._client.close()
 
-    def _send(self, request: GenerationRequest, *, stream: bool) -> http.Response:
+    def _send(self, request: GenerationRequest, *, stream: bool) -> http.AnyResponse:
         """POST the request, retrying connection failures and 5xx answers with exponential
         backoff. Streams are only retried before their body starts."""
         path, payload = self._payload(request, stream=stream)
@@ -176,7 +176,7 @@ class _UpstreamStream:
     """Passes an upstream server-sent-event stream through as StreamChunks."""
 
     def __init__(
-        self, *, backend: OpenAIBackend, request: GenerationRequest, response: http.Response
+        self, *, backend: OpenAIBackend, request: GenerationRequest, response: http.AnyResponse
     ) -> None:
         self._backend = backend
         self._request = request
@@ -232,7 +232,7 @@ class _UpstreamStream:
             self._backend._track(-1)
 
 
-def _sse_data(response: http.Response) -> Iterator[dict[str, Any]]:
+def _sse_data(response: http.AnyResponse) -> Iterator[dict[str, Any]]:
     for line in response.iter_lines():
         if not line.startswith("data:"):
             continue
@@ -245,7 +245,7 @@ def _sse_data(response: http.Response) -> Iterator[dict[str, Any]]:
             raise UpstreamError(f"malformed upstream stream event: {data[:200]!r}") from exc
 
 
-def _status_error(response: http.Response) -> UpstreamError:
+def _status_error(response: http.AnyResponse) -> UpstreamError:
     body = response.read().decode("utf-8", errors="replace")
     return UpstreamError(
         f"upstream answered {response.status_code}: {body[:500]}", status_code=response.status_code
