@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +54,16 @@ class Tenant:
         client = APIClient()
         client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret or self.secret}")
         return client
+
+
+def get_status(url: str, secret: str) -> int:
+    """The status of an authenticated GET against a server a test started."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {secret}"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return error.code
 
 
 def make_tenant(slug: str, **org_fields: Any) -> Tenant:

@@ -4,8 +4,6 @@ keeps an entry read while one arrived, and a revocation reaches every server pro
 from __future__ import annotations
 
 import time
-import urllib.error
-import urllib.request
 from typing import Any
 
 import pytest
@@ -13,7 +11,7 @@ from django.conf import settings
 
 from accounts.keycache import LocalKeyCache
 from accounts.services import api_key_revoke
-from tests.conftest import Tenant
+from tests.conftest import Tenant, get_status
 
 
 def test_entry_read_while_an_invalidation_arrived_is_not_kept(settings) -> None:
@@ -40,15 +38,6 @@ def test_nothing_is_served_while_the_subscription_is_not_live(settings) -> None:
     assert cache.get("sk-abc") is None
 
 
-def _status(url: str, secret: str) -> int:
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {secret}"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status
-    except urllib.error.HTTPError as error:
-        return error.code
-
-
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.skipif(
     not settings.REDIS_URL, reason="several processes share state only through Redis (CI sets REDIS_URL)"
@@ -56,11 +45,11 @@ def _status(url: str, secret: str) -> int:
 def test_revoking_a_key_reaches_every_server_process(alice: Tenant, start_web_server: Any) -> None:
     base = start_web_server(workers=2, threads=4)
     for _ in range(20):  # both workers have resolved and kept the key
-        assert _status(f"{base}/api/v1/me/", alice.secret) == 200
+        assert get_status(f"{base}/api/v1/me/", alice.secret) == 200
     api_key_revoke(api_key=alice.api_key)
     statuses = []
     deadline = time.monotonic() + 1.0
     while time.monotonic() < deadline:
-        statuses.append(_status(f"{base}/api/v1/me/", alice.secret))
+        statuses.append(get_status(f"{base}/api/v1/me/", alice.secret))
     assert statuses[-20:] == [401] * 20, statuses
     assert statuses.count(200) <= 2, statuses  # at most while the message is in flight

@@ -19,7 +19,7 @@ from django_ratelimit.core import _get_window
 
 from accounts.context import AuthContext
 from accounts.selectors import api_key_resolve
-from tests.conftest import Tenant
+from tests.conftest import Tenant, get_status
 from usage.models import UsageRecord
 from usage.services import budget_views, usage_stream_flush
 
@@ -43,15 +43,6 @@ def _post(url: str, secret: str, body: dict[str, Any]) -> tuple[int, dict[str, A
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
-
-
-def _get_status(url: str, secret: str) -> int:
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {secret}"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status
-    except urllib.error.HTTPError as error:
-        return error.code
 
 
 def _client_process(url: str, secret: str, count: int) -> list[tuple[int, str | None]]:
@@ -126,7 +117,7 @@ def test_requests_per_minute_holds_exactly_across_two_server_processes(
     urls = [f"{servers[i % 2]}/api/v1/{route}/" for i in range(3 * limit)]
     with ThreadPoolExecutor(max_workers=8) as pool:
         if route == "me":
-            statuses = list(pool.map(lambda url: _get_status(url, alice.secret), urls))
+            statuses = list(pool.map(lambda url: get_status(url, alice.secret), urls))
         else:
             body = {"prompt": "count the requests", "max_tokens": 4}
             statuses = [status for status, _ in pool.map(lambda url: _post(url, alice.secret, body), urls)]
