@@ -1,6 +1,9 @@
 from __future__ import annotations
 
-from django.http import HttpResponse
+from collections.abc import Iterator
+from typing import Any
+
+from django.http import HttpResponse, StreamingHttpResponse
 from drf_spectacular.utils import OpenApiExample, OpenApiRequest, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.pagination import LimitOffsetPagination
@@ -11,6 +14,9 @@ from rest_framework.views import APIView
 from accounts.context import auth_context
 from accounts.scopes import DOCUMENTS_READ, DOCUMENTS_WRITE, RAG
 from common.errors import NotFound
+from inference import openai_format
+from inference.apis import sse_response, stream_error_event
+from inference.services import GenerationOutcome, GenerationSession, generation_run, generation_stream_open
 from knowledge import services
 from knowledge.models import Document
 from knowledge.selectors import document_get, document_list
@@ -157,22 +163,41 @@ class RagApi(APIView):
         request=OpenApiRequest(RagInputSerializer),
         responses=RagOutputSerializer,
         description="generate/ over the caller's documents: retrieves `top_k` passages, answers with "
-        "numbered sources, and returns them in `sources` for citation.",
+        "numbered sources, and returns them in `sources` for citation. With `stream: true`: "
+        "`event: sources`, then `event: token` deltas, then `event: done` with the whole body.",
     )
-    def post(self, request: Request) -> Response:
+    def post(self, request: Request) -> Response | StreamingHttpResponse:
         serializer = RagInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        outcome = services.rag_answer(
-            context=auth_context(request),
+        context = auth_context(request)
+        request_id = request._request.request_id  # type: ignore[attr-defined]
+        retrieved = services.rag_retrieve(
+            context=context,
             spec=serializer.to_spec(),
             top_k=serializer.validated_data["top_k"],
             document_ids=serializer.validated_data.get("document_ids"),
-            request_id=request._request.request_id,  # type: ignore[attr-defined]
         )
-        body = {
-            **outcome.generation.generate_body(),
-            "sources": SourceSerializer(outcome.sources, many=True).data,
-        }
-        if outcome.note:
-            body["note"] = outcome.note
-        return Response(body)
+        cited: dict[str, Any] = {"sources": SourceSerializer(retrieved.sources, many=True).data}
+        if retrieved.note:
+            cited["note"] = retrieved.note
+        if serializer.validated_data["stream"]:
+            session = generation_stream_open(
+                context=context, spec=retrieved.spec, request_id=request_id, endpoint="rag"
+            )
+            return sse_response(_rag_events(session, cited), session=session)
+        outcome = generation_run(context=context, spec=retrieved.spec, request_id=request_id, endpoint="rag")
+        return Response({**outcome.generate_body(), **cited})
+
+
+def _rag_events(session: GenerationSession, cited: dict[str, Any]) -> Iterator[bytes]:
+    """`event: sources` first (cite while the answer streams), then generate/'s events; the
+    final `done` carries the sources too."""
+    yield openai_format.sse(cited, event="sources")
+    try:
+        for event in session.events():
+            if isinstance(event, GenerationOutcome):
+                yield openai_format.sse({**event.generate_body(), **cited}, event="done")
+            else:
+                yield openai_format.sse({"text": event}, event="token")
+    except Exception as exc:
+        yield stream_error_event(exc)

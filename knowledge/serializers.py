@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from typing import Any
-
 from rest_framework import serializers
 
 from inference.serializers import GenerateInputSerializer, GenerateOutputSerializer
@@ -56,11 +54,6 @@ class RagInputSerializer(GenerateInputSerializer):
     document_ids = serializers.ListField(
         child=serializers.IntegerField(min_value=1), required=False, max_length=1000
     )
-
-    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        if attrs.get("stream"):
-            raise serializers.ValidationError({"stream": "rag/ does not stream yet; use stream: false."})
-        return attrs
 
 
 class RagOutputSerializer(GenerateOutputSerializer):

@@ -16,7 +16,7 @@ from django.utils import timezone
 from accounts.context import AuthContext
 from accounts.models import Organization
 from common.errors import APIError
-from inference.services import GenerationOutcome, GenerationSpec, embedder_get, generation_run
+from inference.services import GenerationSpec, embedder_get
 from knowledge.indexes import index_rebuild, index_store, org_key
 from knowledge.lib.chunking import chunk_embedding_text, chunk_text
 from knowledge.lib.index import IndexStoreError
@@ -340,29 +340,24 @@ def rag_prompt(*, question: str, hits: list[SearchHit]) -> str:
 
 
 @dataclass(frozen=True)
-class RagOutcome:
-    generation: GenerationOutcome
+class RagContext:
+    """What generation gets for a rag/ request: the enriched request and its sources."""
+
+    spec: GenerationSpec
     sources: list[SearchHit]
     note: str | None
 
 
-def rag_answer(
-    *,
-    context: AuthContext,
-    spec: GenerationSpec,
-    top_k: int,
-    document_ids: list[int] | None,
-    request_id: str,
-) -> RagOutcome:
-    """Retrieves from the caller's index, builds the prompt with numbered sources and generates.
-    The enriched prompt is what is counted and charged."""
+def rag_retrieve(
+    *, context: AuthContext, spec: GenerationSpec, top_k: int, document_ids: list[int] | None
+) -> RagContext:
+    """Retrieves from the caller's index and builds the prompt with numbered sources. The
+    enriched prompt is what is counted and charged."""
     organization = context.organization
     if indexed_document_count(organization=organization) == 0:
-        outcome = generation_run(context=context, spec=spec, request_id=request_id, endpoint="rag")
-        return RagOutcome(generation=outcome, sources=[], note=NO_DOCUMENTS_NOTE)
+        return RagContext(spec=spec, sources=[], note=NO_DOCUMENTS_NOTE)
     assert spec.prompt is not None
     hits = search(organization=organization, query=spec.prompt, top_k=top_k, document_ids=document_ids)
     enriched = GenerationSpec(**{**vars(spec), "prompt": rag_prompt(question=spec.prompt, hits=hits)})
-    outcome = generation_run(context=context, spec=enriched, request_id=request_id, endpoint="rag")
     note = None if hits else "No passage of your documents matched the question."
-    return RagOutcome(generation=outcome, sources=hits, note=note)
+    return RagContext(spec=enriched, sources=hits, note=note)

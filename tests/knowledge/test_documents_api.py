@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
@@ -261,6 +262,28 @@ def test_rag_answers_with_numbered_sources_and_charges_the_enriched_prompt(
     assert {"document_id", "chunk_id", "score", "text"} <= set(body["sources"][0])
     # The fake upstream counts one token per word of the prompt it received: the enriched prompt.
     assert body["meta"]["prompt_tokens"] > len(question.split()) + len(GENERATORS.split())
+
+
+def test_rag_streams_its_sources_then_tokens_then_the_whole_body(
+    alice: Tenant, openai_backend: str, django_capture_on_commit_callbacks
+) -> None:
+    _upload_text(alice, "Generators", GENERATORS, django_capture_on_commit_callbacks)
+    response = alice.client().post(
+        "/api/v1/rag/",
+        {"prompt": "What does yield do?", "max_tokens": 3, "top_k": 1, "stream": True},
+        format="json",
+    )
+    assert response.status_code == 200
+    assert response["Content-Type"] == "text/event-stream"
+    events = b"".join(response.streaming_content).decode().strip().split("\n\n")
+    names = [e.split("\n", 1)[0] for e in events]
+    assert names == ["event: sources", "event: token", "event: token", "event: token", "event: done"]
+    sources = json.loads(events[0].split("data: ", 1)[1])["sources"]
+    assert [source["title"] for source in sources] == ["Generators"]
+    done = json.loads(events[-1].split("data: ", 1)[1])
+    assert done["output"] == "tok0 tok1 tok2 "
+    assert done["sources"] == sources
+    assert done["meta"]["prompt_tokens"] > len(GENERATORS.split())  # the enriched prompt
 
 
 def test_rag_without_documents_answers_clearly(alice: Tenant, openai_backend: str) -> None:
