@@ -53,6 +53,11 @@ class GenerateInputSerializer(SamplingSerializer):
 
     prompt = serializers.CharField(trim_whitespace=False)
     user_id = serializers.CharField(required=False, max_length=128, allow_blank=False)
+    raw = serializers.BooleanField(
+        default=False,
+        help_text="Send the prompt to the model as written. By default it is the user's turn of "
+        "the model's chat template (as Ollama's generate does): what an instruction asks for.",
+    )
 
     def validate_prompt(self, value: str) -> str:
         if not value.strip():
@@ -63,6 +68,7 @@ class GenerateInputSerializer(SamplingSerializer):
         data = self.validated_data
         return GenerationSpec(
             prompt=data["prompt"],
+            chat=not data["raw"],
             temperature=data["temperature"],
             top_p=data["top_p"],
             max_tokens=data.get("max_tokens") or settings.DEFAULT_MAX_TOKENS,

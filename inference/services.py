@@ -110,11 +110,17 @@ class GenerationSpec:
     seed: int | None = None
     end_user: str | None = None
     model: str | None = None
+    # The prompt is the user's turn of a chat (generate/ and rag/ unless `raw`): the model's
+    # chat template frames it, as it does for an instruction-tuned model's chat route.
+    chat: bool = False
 
     def engine_request(self, request_id: str) -> GenerationRequest:
+        prompt, messages = self.prompt, self.messages
+        if self.chat and prompt is not None:
+            prompt, messages = None, ({"role": "user", "content": prompt},)
         return GenerationRequest(
-            prompt=self.prompt,
-            messages=self.messages,
+            prompt=prompt,
+            messages=messages,
             params=SamplingParams(
                 temperature=self.temperature,
                 top_p=self.top_p,
@@ -136,6 +142,7 @@ class GenerationSpec:
             "seed": self.seed,
             "end_user": self.end_user,
             "model": self.model,
+            "chat": self.chat,
         }
 
     @classmethod
@@ -150,6 +157,7 @@ class GenerationSpec:
             seed=payload["seed"],
             end_user=payload["end_user"],
             model=payload["model"],
+            chat=payload.get("chat", False),
         )
 
 

@@ -14,8 +14,9 @@ pytestmark = pytest.mark.django_db
 
 
 def _generate(tenant: Tenant, secret: str | None = None, **body):
+    # `raw`: the prompt's token count stays that of "hello", whatever the chat framing costs.
     return tenant.client(secret).post(
-        "/api/v1/generate/", {"prompt": "hello", "max_tokens": 10, **body}, format="json"
+        "/api/v1/generate/", {"prompt": "hello", "max_tokens": 10, "raw": True, **body}, format="json"
     )
 
 

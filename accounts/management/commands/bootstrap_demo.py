@@ -42,10 +42,10 @@ class Command(BaseCommand):
             "Try it:",
             f"  curl -s {base}/api/v1/generate/ -H 'Authorization: Bearer {secret}' "
             "-H 'Content-Type: application/json' "
-            '-d \'{"prompt": "Explain Python classes", "max_tokens": 60}\'',
+            '-d \'{"prompt": "Explique les classes Python", "max_tokens": 60}\'',
             f"  curl -s {base}/v1/chat/completions -H 'Authorization: Bearer {secret}' "
             "-H 'Content-Type: application/json' "
-            '-d \'{"messages": [{"role": "user", "content": "Explique les classes Python"}], "max_tokens": 60}\'',
+            '-d \'{"messages": [{"role": "user", "content": "What is a decorator?"}], "max_tokens": 60}\'',
             f"  curl -s {base}/api/v1/me/ -H 'Authorization: Bearer {secret}'",
             "",
         ]
