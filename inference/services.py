@@ -116,8 +116,9 @@ class GenerationSpec:
 
     def engine_request(self, request_id: str) -> GenerationRequest:
         prompt, messages = self.prompt, self.messages
-        if self.chat and prompt is not None:
-            prompt, messages = None, ({"role": "user", "content": prompt},)
+        if self.chat and self.prompt is not None:
+            messages = ({"role": "user", "content": self.prompt},)
+            prompt = None
         return GenerationRequest(
             prompt=prompt,
             messages=messages,
