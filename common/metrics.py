@@ -1,4 +1,4 @@
-"""Prometheus metrics. Under gunicorn with several workers, set PROMETHEUS_MULTIPROC_DIR so that
+"""Prometheus metrics. With several web worker processes, set PROMETHEUS_MULTIPROC_DIR so that
 /metrics aggregates every worker."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""gunicorn and Celery in production: PostgreSQL and Redis, and a secret key that must be set."""
+"""The web server and Celery in production: PostgreSQL and Redis, and a secret key that must be set."""
 
 from __future__ import annotations
 
