@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 from django.http import StreamingHttpResponse
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers
@@ -12,40 +10,16 @@ from rest_framework.views import APIView
 from accounts.context import auth_context
 from accounts.scopes import GENERATE
 from common.errors import NotFound
-from inference import openai_format
 from inference.models import GenerationJob
 from inference.serializers import GenerateInputSerializer, GenerateOutputSerializer
 from inference.services import (
-    GenerationOutcome,
-    GenerationSession,
     generation_run,
     generation_stream_open,
     handler_get,
     job_create,
     job_get,
 )
-
-
-def sse_response(events: Iterator[bytes], *, session: GenerationSession) -> StreamingHttpResponse:
-    response = StreamingHttpResponse(events, content_type="text/event-stream")
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"
-    # The server closes the response however it ends, even when the client left before the body
-    # started and the generator never ran: the reservation is settled then.
-    response._resource_closers.append(session.close)  # type: ignore[attr-defined]  # Django API without stubs
-    return response
-
-
-def stream_error_event(exc: Exception) -> bytes:
-    from common.errors import APIError, error_body
-
-    if isinstance(exc, APIError):
-        body = error_body(
-            message=exc.message, type=exc.type or "server_error", param=exc.param, code=exc.code
-        )
-    else:
-        body = error_body(message="The generation failed.", type="server_error", code="internal_error")
-    return openai_format.sse(body, event="error")
+from inference.streaming import generate_events, sse_response
 
 
 class StatusApi(APIView):
@@ -97,20 +71,9 @@ class GenerateApi(APIView):
             session = generation_stream_open(
                 context=context, spec=spec, request_id=request_id, endpoint="generate"
             )
-            return sse_response(_generate_events(session), session=session)
+            return sse_response(generate_events(session), session=session)
         outcome = generation_run(context=context, spec=spec, request_id=request_id, endpoint="generate")
         return Response(outcome.generate_body())
-
-
-def _generate_events(session: GenerationSession) -> Iterator[bytes]:
-    try:
-        for event in session.events():
-            if isinstance(event, GenerationOutcome):
-                yield openai_format.sse(event.generate_body(), event="done")
-            else:
-                yield openai_format.sse({"text": event}, event="token")
-    except Exception as exc:
-        yield stream_error_event(exc)
 
 
 class JobOutputSerializer(serializers.Serializer):

@@ -16,7 +16,6 @@ from rest_framework.views import APIView
 from accounts.context import auth_context
 from accounts.scopes import GENERATE
 from inference import openai_format
-from inference.apis import sse_response, stream_error_event
 from inference.serializers import (
     ChatCompletionInputSerializer,
     CompletionInputSerializer,
@@ -32,6 +31,7 @@ from inference.services import (
     generation_stream_open,
     model_name,
 )
+from inference.streaming import sse_response, stream_error_event
 
 
 def _openai_stream(

@@ -15,8 +15,8 @@ from accounts.context import auth_context
 from accounts.scopes import DOCUMENTS_READ, DOCUMENTS_WRITE, RAG
 from common.errors import NotFound
 from inference import openai_format
-from inference.apis import sse_response, stream_error_event
-from inference.services import GenerationOutcome, GenerationSession, generation_run, generation_stream_open
+from inference.services import GenerationSession, generation_run, generation_stream_open
+from inference.streaming import generate_events, sse_response
 from knowledge import services
 from knowledge.models import Document
 from knowledge.selectors import document_get, document_list
@@ -193,11 +193,4 @@ def _rag_events(session: GenerationSession, cited: dict[str, Any]) -> Iterator[b
     """`event: sources` first (cite while the answer streams), then generate/'s events; the
     final `done` carries the sources too."""
     yield openai_format.sse(cited, event="sources")
-    try:
-        for event in session.events():
-            if isinstance(event, GenerationOutcome):
-                yield openai_format.sse({**event.generate_body(), **cited}, event="done")
-            else:
-                yield openai_format.sse({"text": event}, event="token")
-    except Exception as exc:
-        yield stream_error_event(exc)
+    yield from generate_events(session, extra=cited)
