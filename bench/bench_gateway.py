@@ -21,7 +21,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import BIN, ROOT, free_port, reset_services, save, start, stop, web_command, wrk  # noqa: E402
+from bench.common import (  # noqa: E402
+    BIN,
+    ROOT,
+    free_port,
+    reset_services,
+    save,
+    start,
+    start_fake_upstream,
+    stop,
+    web_command,
+    wrk,
+)
 
 DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/llm_platform_bench")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/3")
@@ -91,20 +102,7 @@ def main() -> None:
     parser.add_argument("--server", choices=("production", "gunicorn"), default="production")
     args = parser.parse_args()
 
-    upstream_port = free_port()
-    upstream = start(
-        [
-            str(BIN / "uvicorn"),
-            "bench.fake_upstream:app",
-            "--port",
-            str(upstream_port),
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ],
-        health=f"http://127.0.0.1:{upstream_port}/v1/models",
-    )
-    upstream_url = f"http://127.0.0.1:{upstream_port}/v1"
+    upstream, upstream_url = start_fake_upstream()
     env = _env(upstream_url)
     secret = _prepare_database(env)
     port = free_port()

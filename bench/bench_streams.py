@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_gateway import _env, _prepare_database  # noqa: E402
-from bench.common import BIN, free_port, save, start, stop, web_command  # noqa: E402
+from bench.common import BIN, free_port, save, start, start_fake_upstream, stop, web_command  # noqa: E402
 
 TOKENS = 20  # one every 50 ms: a stream lasts about a second
 
@@ -88,20 +88,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--streams", type=int, default=64)
     args = parser.parse_args()
-    upstream_port = free_port()
-    upstream = start(
-        [
-            str(BIN / "uvicorn"),
-            "bench.fake_upstream:app",
-            "--port",
-            str(upstream_port),
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ],
-        health=f"http://127.0.0.1:{upstream_port}/v1/models",
-    )
-    env = _env(f"http://127.0.0.1:{upstream_port}/v1")
+    upstream, upstream_url = start_fake_upstream()
+    env = _env(upstream_url)
     secret = _prepare_database(env)
     results = {}
     try:

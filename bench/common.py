@@ -65,6 +65,24 @@ def start(
     return process
 
 
+def start_fake_upstream() -> tuple[subprocess.Popen, str]:
+    """`bench/fake_upstream.py` under uvicorn on a free port; returns it and its /v1 base URL."""
+    port = free_port()
+    process = start(
+        [
+            str(BIN / "uvicorn"),
+            "bench.fake_upstream:app",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        health=f"http://127.0.0.1:{port}/v1/models",
+    )
+    return process, f"http://127.0.0.1:{port}/v1"
+
+
 def web_command(*, port: int, workers: int, threads: int) -> list[str]:
     """The production web server (`python -m platform.web`: granian), on 127.0.0.1:port."""
     return [
