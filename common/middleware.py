@@ -19,7 +19,8 @@ from common.metrics import REQUEST_LATENCY, REQUESTS
 
 logger = logging.getLogger("platform.request")
 
-_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# A client's request id is echoed and logged, never used as a key: short and plain, or replaced.
+_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 _MESSAGES_BY_STATUS = {
     400: "The request is malformed.",

@@ -88,6 +88,7 @@ class JobOutputSerializer(serializers.Serializer):
 
 class JobCreateApi(APIView):
     required_scope = GENERATE
+    reserves_budget = True  # its rate limits are counted with the reservation (usage.ratelimit)
 
     @extend_schema(
         tags=["inference"],

@@ -24,6 +24,9 @@ class GenerationJob(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
     request_id = models.CharField(max_length=128)
+    # The budget held for it from the moment it was queued (usage.services.quota_reserve).
+    reservation_id = models.CharField(max_length=128, blank=True)
+    reserved_tokens = models.PositiveIntegerField(default=0)
     payload = models.JSONField()
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     attempts = models.PositiveSmallIntegerField(default=0)

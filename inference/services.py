@@ -32,7 +32,7 @@ from inference.engine import (
 )
 from inference.engine.embeddings import Embedder, default_embedding_model_path
 from inference.models import GenerationJob
-from usage.services import Reservation, quota_reserve
+from usage.services import Reservation, quota_reserve, reservation_adopt
 
 logger = logging.getLogger(__name__)
 
@@ -197,9 +197,16 @@ def _engine_errors_as_api_errors(exc: Exception) -> APIError:
     raise exc
 
 
-def _admit(
-    *, context: AuthContext, spec: GenerationSpec, request_id: str, endpoint: str
-) -> tuple[LLMHandler, GenerationRequest, Reservation]:
+@dataclass(frozen=True)
+class _Checked:
+    handler: LLMHandler
+    served: str
+    request: GenerationRequest
+    prompt_tokens: int
+
+
+def _check(*, spec: GenerationSpec, request_id: str) -> _Checked:
+    """The model exists and the request fits its context; counts the prompt."""
     handler = handler_get()
     served = model_name()
     if spec.model and spec.model != served:
@@ -219,15 +226,23 @@ def _admit(
             param="max_tokens",
             code="context_length_exceeded",
         )
+    return _Checked(handler=handler, served=served, request=request, prompt_tokens=prompt_tokens)
+
+
+def _admit(
+    *, context: AuthContext, spec: GenerationSpec, request_id: str, endpoint: str
+) -> tuple[LLMHandler, GenerationRequest, Reservation]:
+    checked = _check(spec=spec, request_id=request_id)
     reservation = quota_reserve(
         context=context,
         end_user=spec.end_user,
         endpoint=endpoint,
-        model=served,
+        model=checked.served,
         request_id=request_id,
-        amount=prompt_tokens + spec.max_tokens,
+        amount=checked.prompt_tokens + spec.max_tokens,
+        prompt_tokens=checked.prompt_tokens,
     )
-    return handler, request, reservation
+    return checked.handler, checked.request, reservation
 
 
 def generation_run(
@@ -237,6 +252,12 @@ def generation_run(
     handler, request, reservation = _admit(
         context=context, spec=spec, request_id=request_id, endpoint=endpoint
     )
+    return _generate(handler=handler, request=request, reservation=reservation, started=started)
+
+
+def _generate(
+    *, handler: LLMHandler, request: GenerationRequest, reservation: Reservation, started: float
+) -> GenerationOutcome:
     try:
         result = handler.generate(request)
     except Exception as exc:
@@ -251,7 +272,7 @@ def generation_run(
             reservation.settle, prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens
         )
     )
-    return _outcome(result, request_id, started)
+    return _outcome(result, request.request_id, started)
 
 
 def _outcome(result: GenerationResult, request_id: str, started: float) -> GenerationOutcome:
@@ -269,9 +290,9 @@ def _outcome(result: GenerationResult, request_id: str, started: float) -> Gener
 @dataclass
 class GenerationSession:
     """A streamed generation, admitted and reserved. Iterate `events()`: text deltas, then one
-    GenerationOutcome. However the iteration ends — completion, an error, or the client going
-    away (the server closes the generator) — the reservation is settled exactly once, billing
-    what was generated."""
+    GenerationOutcome. However the iteration ends — completion, an upstream error, or the client
+    going away (the server closes the generator) — the reservation is settled exactly once,
+    charging what was generated."""
 
     handler: LLMHandler
     request: GenerationRequest
@@ -315,14 +336,11 @@ class GenerationSession:
             return
         stream.close()
         partial = stream.partial_result()
-        if status == "error":
-            self.reservation.release(status="error")
-        else:
-            self.reservation.settle(
-                prompt_tokens=partial.prompt_tokens,
-                completion_tokens=partial.completion_tokens,
-                status=status,
-            )
+        self.reservation.settle(
+            prompt_tokens=partial.prompt_tokens,
+            completion_tokens=partial.completion_tokens,
+            status=status,
+        )
 
 
 def generation_stream_open(
@@ -367,18 +385,33 @@ def embeddings_create(
 
 
 def job_create(*, context: AuthContext, spec: GenerationSpec, request_id: str) -> GenerationJob:
-    served = model_name()
-    if spec.model and spec.model != served:
-        raise ModelNotFoundError(
-            f"The model '{spec.model}' does not exist. This server serves '{served}'.", param="model"
-        )
-    job = GenerationJob.objects.create(
-        organization=context.organization,
-        api_key=context.api_key,
-        user=context.user,
+    """Queues a generation. Its budget is reserved now (429 at once when it does not fit) and
+    held for as long as the job may wait for a worker (`JOB_MAX_WAIT_SECONDS`)."""
+    checked = _check(spec=spec, request_id=request_id)
+    amount = checked.prompt_tokens + spec.max_tokens
+    reservation = quota_reserve(
+        context=context,
+        end_user=spec.end_user,
+        endpoint="jobs",
+        model=checked.served,
         request_id=request_id,
-        payload=spec.to_payload(),
+        amount=amount,
+        prompt_tokens=checked.prompt_tokens,
+        queued_for_seconds=settings.JOB_MAX_WAIT_SECONDS,
     )
+    try:
+        job = GenerationJob.objects.create(
+            organization=context.organization,
+            api_key=context.api_key,
+            user=context.user,
+            request_id=request_id,
+            reservation_id=reservation.reservation_id,
+            reserved_tokens=amount,
+            payload=spec.to_payload(),
+        )
+    except BaseException:
+        reservation.release(status="error")
+        raise
     from inference.tasks import run_generation_job
 
     transaction.on_commit(lambda: run_generation_job.delay(str(job.pk)))
@@ -408,9 +441,32 @@ def _job_context(job: GenerationJob) -> AuthContext:
     )
 
 
+def _job_generate(job: GenerationJob, spec: GenerationSpec) -> GenerationOutcome:
+    """Runs on the reservation the job was queued with; reserves again only when that one is
+    gone (it expired while the job waited, or a worker that died running it was charged)."""
+    started = time.perf_counter()
+    reservation = (
+        reservation_adopt(reservation_id=job.reservation_id, amount=job.reserved_tokens)
+        if job.reservation_id
+        else None
+    )
+    if reservation is None:
+        return generation_run(
+            context=_job_context(job), spec=spec, request_id=job.request_id, endpoint="jobs"
+        )
+    try:
+        checked = _check(spec=spec, request_id=job.request_id)
+    except BaseException:
+        reservation.release(status="error")
+        raise
+    return _generate(
+        handler=checked.handler, request=checked.request, reservation=reservation, started=started
+    )
+
+
 def job_run(*, job_id: str) -> None:
-    """Runs a queued job. A job redelivered after its worker died runs again from the start;
-    the first attempt's reservation expires."""
+    """Runs a queued job. A job redelivered after its worker died runs again from the start,
+    on its reservation if it still holds, on a new one otherwise."""
     with transaction.atomic():
         job = (
             GenerationJob.objects.select_for_update(of=("self",))
@@ -426,12 +482,7 @@ def job_run(*, job_id: str) -> None:
         job.save(update_fields=["status", "attempts", "started_at"])
     spec = GenerationSpec.from_payload(job.payload)
     try:
-        outcome = generation_run(
-            context=_job_context(job),
-            spec=spec,
-            request_id=f"{job.request_id}:{job.attempts}",
-            endpoint="jobs",
-        )
+        outcome = _job_generate(job, spec)
     except APIError as error:
         job.status = GenerationJob.Status.FAILED
         job.error = {

@@ -39,6 +39,7 @@ def _clear() -> None:
     else:
         cache.clear()
     usage_services._local_ledger = None
+    usage_services._keeper.clear()
     local_key_cache.clear()
     account_services._touched_at.clear()
 

@@ -1,12 +1,7 @@
 from __future__ import annotations
 
-import json
 import logging
-import os
-import socket
 import uuid
-from collections import defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
@@ -15,13 +10,13 @@ from typing import Any
 import redis
 from django.conf import settings
 from django.core.cache import cache as django_cache
-from django.db import connection, transaction
 from django.utils import timezone
 
 from accounts.context import AuthContext
 from accounts.models import BudgetPeriod, EndUserBudget, Organization
 from common.errors import APIError
-from usage import periods, ratelimit
+from usage import periods, ratelimit, records
+from usage.keeper import PendingSettlement, ReservationKeeper
 from usage.ledger import (
     Balance,
     Counter,
@@ -32,7 +27,6 @@ from usage.ledger import (
     Sink,
     WindowRefused,
 )
-from usage.models import BudgetEvent
 from usage.selectors import tokens_used_since
 
 logger = logging.getLogger(__name__)
@@ -170,7 +164,8 @@ def get_ledger() -> Ledger:
         return _redis_ledger(settings.CACHE_KEY_PREFIX)
     if _local_ledger is None:
         _local_ledger = LocalLedger(
-            initial_used=_initial_used, sink=Sink(records=usage_records_write, events=budget_events_write)
+            initial_used=_initial_used,
+            sink=Sink(records=records.usage_records_write, events=records.budget_events_write),
         )
     return _local_ledger
 
@@ -180,10 +175,20 @@ def _redis_ledger(prefix: str) -> RedisLedger:
     return RedisLedger(client=redis_client(), prefix=f"{prefix}:q:", initial_used=_initial_used)
 
 
+_keeper = ReservationKeeper(ledger=lambda: get_ledger(), ttl_seconds=lambda: settings.RESERVATION_TTL_SECONDS)
+
+
+def charged_key(*, organization_id: int, when: datetime) -> str:
+    """The ledger's total of what an organization was charged in a (UTC) month."""
+    return f"charged:{organization_id}:m{when.astimezone(UTC):%Y-%m}"
+
+
 @dataclass
 class Reservation:
     """Tokens held on every applicable budget for one request. Settle it exactly once: with
-    the tokens used, or with nothing on failure. `settle` is idempotent."""
+    the tokens used (what was generated, however the request ended), or with nothing when
+    nothing was generated. `settle` is idempotent. While it is open, the process's keeper
+    keeps it from expiring."""
 
     reservation_id: str
     amount: int
@@ -197,22 +202,29 @@ class Reservation:
         if self.settled:
             return
         self.settled = True
-        latency_ms = int((timezone.now() - self.started).total_seconds() * 1000)
+        _keeper.untrack(self.reservation_id)
+        # Never more than was reserved: the budget check admitted this much and no more.
+        prompt_tokens = max(0, min(prompt_tokens, self.amount))
+        completion_tokens = max(0, min(completion_tokens, self.amount - prompt_tokens))
         update: dict[str, Any] = {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
             "status": status,
-            "latency_ms": latency_ms,
+            "latency_ms": int((timezone.now() - self.started).total_seconds() * 1000),
         }
         if model:
             update["model"] = model
-        # Never more than was reserved: the budget check admitted this much and no more.
-        charged = min(self.amount, prompt_tokens + completion_tokens) if status in ("ok", "cancelled") else 0
-        if status not in ("ok", "cancelled"):
-            update["prompt_tokens"] = update["completion_tokens"] = 0
-        settlement = self.ledger.settle(
-            reservation_id=self.reservation_id, record_update=update, tokens=charged
-        )
+        tokens = prompt_tokens + completion_tokens
+        try:
+            settlement = self.ledger.settle(
+                reservation_id=self.reservation_id, record_update=update, tokens=tokens
+            )
+        except redis.RedisError as exc:
+            logger.warning("Settlement of %s deferred: %s", self.reservation_id, exc)
+            _keeper.retry_later(
+                PendingSettlement(reservation_id=self.reservation_id, record_update=update, tokens=tokens)
+            )
+            return
         if settlement is not None:
             for label in settlement.crossed_threshold:
                 logger.warning("Budget soft threshold crossed", extra={"budget": label})
@@ -229,14 +241,23 @@ def quota_reserve(
     model: str,
     request_id: str,
     amount: int,
+    prompt_tokens: int = 0,
+    queued_for_seconds: int | None = None,
 ) -> Reservation:
     """Reserves `amount` tokens on every budget that applies to the caller, all or none.
-    Raises QuotaExceeded naming the budget that cannot take it."""
+    Raises QuotaExceeded naming the budget that cannot take it.
+
+    The reservation's id, made here, identifies the usage record; `request_id` (the client's
+    or the server's) is only written beside it. A reservation for work that waits in a queue
+    (`queued_for_seconds`) lives that long and costs nothing if it expires before a worker
+    adopts it (`reservation_adopt`); any other is running from now on, and costs what it holds
+    if its process dies."""
     now = timezone.now()
     counters = budget_counters(context=context, end_user=end_user, now=now)
     ledger = get_ledger()
-    reservation_id = f"{request_id}:{uuid.uuid4().hex[:8]}"
+    reservation_id = f"rsv_{uuid.uuid4().hex}"
     record = {
+        "reservation_id": reservation_id,
         "request_id": request_id,
         "organization_id": context.organization.pk,
         "api_key_id": context.api_key.pk if context.api_key else None,
@@ -246,19 +267,22 @@ def quota_reserve(
         "model": model,
         "created_at": now.isoformat(),
     }
+    hold: dict[str, Any] = {
+        "reservation_id": reservation_id,
+        "counters": counters,
+        "amount": amount,
+        "record": record,
+        "ttl_seconds": queued_for_seconds or settings.RESERVATION_TTL_SECONDS,
+        "prompt_tokens": prompt_tokens,
+        "charge_on_expiry": 0 if queued_for_seconds else amount,
+        "charged_key": charged_key(organization_id=context.organization.pk, when=now),
+    }
     # The request's rate limits, deferred by the middleware, are counted here: with the budgets
     # in one atomic round trip on Redis, on their own before the reservation otherwise.
     limits = ratelimit.deferred_claim(context)
     refused: ReserveRefused | None
     if limits is not None and isinstance(ledger, RedisLedger):
-        outcome = ledger.admit(
-            reservation_id=reservation_id,
-            counters=counters,
-            amount=amount,
-            record=record,
-            ttl_seconds=settings.RESERVATION_TTL_SECONDS,
-            windows=limits.windows(),
-        )
+        outcome = ledger.admit(**hold, windows=limits.windows())
         limits.counted_in_redis(
             list(outcome.window_counts),
             refused=outcome.index if isinstance(outcome, WindowRefused) else None,
@@ -267,13 +291,7 @@ def quota_reserve(
     else:
         if limits is not None:
             limits.count()
-        refused = ledger.reserve(
-            reservation_id=reservation_id,
-            counters=counters,
-            amount=amount,
-            record=record,
-            ttl_seconds=settings.RESERVATION_TTL_SECONDS,
-        )
+        refused = ledger.reserve(**hold)
         if refused is not None and limits is not None:
             limits.refund_tokens()
     if refused is not None:
@@ -284,7 +302,22 @@ def quota_reserve(
             f"({refused.balance.used} used, {refused.balance.reserved} reserved by requests in flight).",
             param="max_tokens",
         )
+    if not queued_for_seconds:
+        _keeper.track(reservation_id)
     return Reservation(reservation_id=reservation_id, amount=amount, ledger=ledger, started=now)
+
+
+def reservation_adopt(*, reservation_id: str, amount: int) -> Reservation | None:
+    """A worker takes over the reservation its job was queued with: from now on it is running
+    (extended by this process, charged in full if this process dies). None when it expired
+    while the job waited."""
+    ledger = get_ledger()
+    if not ledger.adopt(
+        reservation_id=reservation_id, ttl_seconds=settings.RESERVATION_TTL_SECONDS, charge_on_expiry=amount
+    ):
+        return None
+    _keeper.track(reservation_id)
+    return Reservation(reservation_id=reservation_id, amount=amount, ledger=ledger, started=timezone.now())
 
 
 @dataclass(frozen=True)
@@ -329,132 +362,16 @@ def _period_of(counter: Counter) -> str:
     return BudgetPeriod.NONE
 
 
-# --- Records, rollups, events -------------------------------------------------------------
-
-_ROLLUP_FIELDS = ("organization_id", "day", "model", "api_key_id", "user_id", "end_user", "endpoint")
-
-
-def usage_records_write(records: Iterable[dict[str, Any]]) -> int:
-    """Inserts usage records and adds the new ones (a replayed request id is skipped) to the
-    daily rollups, in one transaction. Returns how many were new."""
-    rows = []
-    for r in records:
-        created_at = (
-            datetime.fromisoformat(r["created_at"]) if isinstance(r["created_at"], str) else r["created_at"]
-        )
-        rows.append(
-            (
-                r["request_id"],
-                r["organization_id"],
-                r.get("api_key_id"),
-                r.get("user_id"),
-                r.get("end_user") or "",
-                r["endpoint"],
-                r["model"],
-                int(r.get("prompt_tokens") or 0),
-                int(r.get("completion_tokens") or 0),
-                int(r.get("latency_ms") or 0),
-                r.get("status", "ok"),
-                created_at,
-            )
-        )
-    if not rows:
-        return 0
-    placeholders = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"] * len(rows))
-    params = [value for row in rows for value in row]
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(
-            "INSERT INTO usage_usagerecord (request_id, organization_id, api_key_id, user_id, end_user, "
-            "endpoint, model, prompt_tokens, completion_tokens, latency_ms, status, created_at) "
-            f"VALUES {placeholders} ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
-            params,
-        )
-        inserted = {row[0] for row in cursor.fetchall()}
-        groups: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0, 0, 0])
-        for row in rows:
-            if row[0] not in inserted:
-                continue
-            created = row[11].astimezone(UTC)
-            group = (row[1], created.date(), row[6], row[2] or 0, row[3] or 0, row[4], row[5])
-            totals = groups[group]
-            totals[0] += 1
-            totals[1] += row[7]
-            totals[2] += row[8]
-        if groups:
-            values = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"] * len(groups))
-            cursor.execute(
-                f"INSERT INTO usage_usagedaily ({', '.join(_ROLLUP_FIELDS)}, requests, prompt_tokens, "
-                f"completion_tokens) VALUES {values} ON CONFLICT ({', '.join(_ROLLUP_FIELDS)}) DO UPDATE SET "
-                "requests = usage_usagedaily.requests + excluded.requests, "
-                "prompt_tokens = usage_usagedaily.prompt_tokens + excluded.prompt_tokens, "
-                "completion_tokens = usage_usagedaily.completion_tokens + excluded.completion_tokens",
-                [v for group, totals in groups.items() for v in (*group, *totals)],
-            )
-    return len(inserted)
-
-
-def budget_events_write(events: Iterable[dict[str, Any]]) -> None:
-    objs = [
-        BudgetEvent(
-            organization_id=e["organization_id"],
-            kind=e["kind"],
-            budget=e["budget"],
-            period=e["period"],
-            used=e["used"],
-            limit=e["limit"],
-        )
-        for e in events
-    ]
-    for obj in objs:
-        logger.warning(
-            "Budget %s: %s (%s of %s tokens, period %s)",
-            obj.kind,
-            obj.budget,
-            obj.used,
-            obj.limit,
-            obj.period,
-            extra={"organization_id": obj.organization_id},
-        )
-    BudgetEvent.objects.bulk_create(objs, ignore_conflicts=True)
-
-
-_GROUP = "usage-flush"
+# --- The flush ----------------------------------------------------------------------------
 
 
 def usage_stream_flush(*, batch_size: int = 1000, max_batches: int = 100) -> int:
-    """Moves settled usage records and budget events from the Redis streams into the database.
-    Entries are acknowledged only after their transaction commits; entries a dead flusher left
-    pending are claimed after a minute. Safe to run in several processes at once."""
+    """Moves settled records and events from the Redis streams into the database (see
+    `usage.records`); with the local ledger they are written at settlement already."""
     ledger = get_ledger()
     if not isinstance(ledger, RedisLedger):
         return 0
-    client = ledger.client
-    consumer = f"{socket.gethostname()}-{os.getpid()}"
-    written = 0
-    for stream, field_name in ((ledger.records_stream, b"r"), (ledger.events_stream, b"e")):
-        try:
-            client.xgroup_create(stream, _GROUP, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-        client.xautoclaim(stream, _GROUP, consumer, min_idle_time=60_000, count=batch_size)
-        for _ in range(max_batches):
-            # Pending entries of this consumer first (id "0"), then new ones (">").
-            # redis-py types stream replies loosely (RESP2 and RESP3 shapes); this is RESP2's.
-            entries: Any = client.xreadgroup(_GROUP, consumer, {stream: "0"}, count=batch_size)
-            if not entries or not entries[0][1]:
-                entries = client.xreadgroup(_GROUP, consumer, {stream: ">"}, count=batch_size)
-            if not entries or not entries[0][1]:
-                break
-            ids = [entry_id for entry_id, _ in entries[0][1]]
-            payloads = [json.loads(fields[field_name]) for _, fields in entries[0][1]]
-            if field_name == b"r":
-                written += usage_records_write(payloads)
-            else:
-                budget_events_write(payloads)
-            client.xack(stream, _GROUP, *ids)
-            client.xdel(stream, *ids)
-    return written
+    return records.stream_flush(ledger=ledger, batch_size=batch_size, max_batches=max_batches)
 
 
 def reservations_expire() -> int:

@@ -250,9 +250,11 @@ LOGGING = {
 
 # Quotas.
 BUDGET_SOFT_THRESHOLD = env.float("BUDGET_SOFT_THRESHOLD", default=0.8)
-# A reservation not settled within this time is released (its process died); longer than any
-# request may last.
-RESERVATION_TTL_SECONDS = env.int("RESERVATION_TTL_SECONDS", default=900)
+# A running reservation is extended by its process every third of this; one whose process died
+# expires after it and is charged what it held (usage.keeper).
+RESERVATION_TTL_SECONDS = env.int("RESERVATION_TTL_SECONDS", default=120)
+# How long a queued job may wait for a worker while its budget is held for it.
+JOB_MAX_WAIT_SECONDS = env.int("JOB_MAX_WAIT_SECONDS", default=3600)
 TOKEN_ESTIMATE_ENCODING = env.str("TOKEN_ESTIMATE_ENCODING", default="cl100k_base")
 DEFAULT_MAX_TOKENS = env.int("DEFAULT_MAX_TOKENS", default=256)
 

@@ -4,14 +4,16 @@ counters rebuilt from the database."""
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from django.conf import settings
 
-from usage.ledger import Counter, Ledger, LocalLedger, RedisLedger, Sink
+from usage.ledger import Balance, Counter, Ledger, LocalLedger, RedisLedger, Sink
 from usage.services import redis_client
 
 
@@ -53,6 +55,13 @@ def ledger(request: Any) -> Iterator[tuple[Ledger, list[dict[str, Any]], dict[st
         records,
         initial,
     )
+
+
+def _flushed(ledger: Ledger, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records the ledger emitted: the local one's sink, or the Redis one's stream."""
+    if isinstance(ledger, RedisLedger):
+        return [json.loads(fields[b"r"]) for _, fields in ledger.client.xrange(ledger.records_stream)]
+    return records
 
 
 def _record() -> dict[str, Any]:
@@ -104,22 +113,77 @@ def test_settling_twice_charges_once(ledger) -> None:
     assert ledger_.balances([budget])[0].used == 10
 
 
-def test_abandoned_reservation_expires_and_frees_the_budget(ledger) -> None:
-    import time
-
+def test_abandoned_reservation_expires_charged_what_it_held(ledger) -> None:
     ledger_, records, _initial = ledger
     budget = _counter("b", 100)
-    ledger_.reserve(reservation_id="dead", counters=[budget], amount=100, record=_record(), ttl_seconds=30)
-    assert (
-        ledger_.reserve(reservation_id="x", counters=[budget], amount=1, record=_record(), ttl_seconds=30)
-        is not None
+    ledger_.reserve(
+        reservation_id="dead",
+        counters=[budget],
+        amount=60,
+        record=_record(),
+        ttl_seconds=30,
+        prompt_tokens=10,
+        charged_key="charged:1",
     )
     assert ledger_.expire(now=time.time() + 31) == 1
-    assert ledger_.balances([budget])[0].reserved == 0
-    assert (
-        ledger_.reserve(reservation_id="y", counters=[budget], amount=100, record=_record(), ttl_seconds=30)
-        is None
+    (balance,) = ledger_.balances([budget])
+    assert (balance.used, balance.reserved) == (60, 0)
+    assert ledger_.charged(["charged:1"]) == [60]
+    assert ledger_.active_reservations() == 0
+    # Nothing admitted is free: the expiry's record bills what was held.
+    (record,) = _flushed(ledger_, records)
+    assert (record["status"], record["prompt_tokens"], record["completion_tokens"]) == ("expired", 10, 50)
+
+
+def test_a_late_settlement_corrects_the_expiry_charge_once(ledger) -> None:
+    ledger_, records, _initial = ledger
+    budget = _counter("b", 100)
+    ledger_.reserve(
+        reservation_id="slow", counters=[budget], amount=60, record=_record(), ttl_seconds=30, charged_key="c"
     )
+    ledger_.expire(now=time.time() + 31)
+    update = {"prompt_tokens": 10, "completion_tokens": 15, "status": "ok"}
+    settlement = ledger_.settle(reservation_id="slow", record_update=update, tokens=25)
+    assert settlement is not None and settlement.late
+    assert ledger_.balances([budget])[0].used == 25
+    assert ledger_.charged(["c"]) == [25]
+    assert ledger_.settle(reservation_id="slow", record_update=update, tokens=25) is None
+    assert ledger_.balances([budget])[0].used == 25
+    expired, corrected = _flushed(ledger_, records)
+    assert (expired["revision"], expired["completion_tokens"]) == (0, 60)
+    assert (corrected["revision"], corrected["status"], corrected["completion_tokens"]) == (1, "ok", 15)
+
+
+def test_a_queued_reservation_that_expires_before_it_starts_costs_nothing(ledger) -> None:
+    ledger_, _records, _initial = ledger
+    budget = _counter("b", 100)
+    for rid in ("queued", "adopted"):
+        ledger_.reserve(
+            reservation_id=rid,
+            counters=[budget],
+            amount=40,
+            record=_record(),
+            ttl_seconds=30,
+            charge_on_expiry=0,
+            charged_key="c",
+        )
+    assert ledger_.adopt(reservation_id="adopted", ttl_seconds=30, charge_on_expiry=40)
+    assert ledger_.expire(now=time.time() + 31) == 2
+    assert ledger_.balances([budget])[0] == Balance(used=40, reserved=0)
+    assert ledger_.charged(["c"]) == [40]
+    assert not ledger_.adopt(reservation_id="queued", ttl_seconds=30, charge_on_expiry=40)
+
+
+def test_an_extended_reservation_outlives_its_first_deadline(ledger) -> None:
+    ledger_, _records, _initial = ledger
+    budget = _counter("b", 100)
+    ledger_.reserve(reservation_id="long", counters=[budget], amount=50, record=_record(), ttl_seconds=1)
+    ledger_.extend(reservation_ids=["long", "unknown"], ttl_seconds=60)
+    assert ledger_.expire(now=time.time() + 30) == 0
+    assert ledger_.balances([budget])[0].reserved == 50
+    ledger_.settle(reservation_id="long", record_update={}, tokens=20)
+    assert ledger_.balances([budget])[0] == Balance(used=20, reserved=0)
+    assert ledger_.active_reservations() == 0
 
 
 def test_missing_counter_is_rebuilt_from_the_database(ledger) -> None:

@@ -1,0 +1,142 @@
+"""The ledger's vocabulary and contract, shared by the Redis and the in-process ledgers."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+# How long an expired reservation remembers what it was charged, so that a settlement arriving
+# after its expiry (a process back from a long pause, a retried settlement) corrects the charge.
+TOMBSTONE_SECONDS = 7 * 86_400
+
+
+@dataclass(frozen=True)
+class Counter:
+    """One budget in one period."""
+
+    key: str  # e.g. "organization:12:m2026-11"
+    label: str  # names the budget in errors and events
+    limit: int
+    threshold: int  # soft threshold, in tokens
+    ttl_seconds: int  # until the period ends, plus a margin
+    organization_id: int
+    period: str
+
+
+@dataclass(frozen=True)
+class Balance:
+    used: int
+    reserved: int
+
+
+@dataclass(frozen=True)
+class ReserveRefused:
+    counter: Counter
+    balance: Balance
+    window_counts: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Settlement:
+    crossed_threshold: tuple[str, ...] = ()
+    # The reservation had expired and been charged; this settlement corrected that charge.
+    late: bool = False
+
+
+@dataclass(frozen=True)
+class Window:
+    """A rate-limit counter of one fixed window (django-ratelimit's key), counted in the same
+    atomic step as a reservation."""
+
+    key: str
+    limit: int
+    amount: int
+    ttl_seconds: int
+    # All or nothing (tokens per minute), or counted even past the limit (requests per
+    # minute: django-ratelimit counts every attempt).
+    fit: bool
+
+
+@dataclass(frozen=True)
+class WindowRefused:
+    index: int
+    window_counts: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Admitted:
+    window_counts: tuple[int, ...]
+
+
+@dataclass
+class Sink:
+    """Where the local ledger writes records and events (the Redis ledger streams them)."""
+
+    records: Callable[[list[dict[str, Any]]], object]
+    events: Callable[[list[dict[str, Any]]], object]
+
+
+InitialUsed = Callable[[Counter], int]
+
+
+def expired_record(record: dict[str, Any], *, prompt_tokens: int, charged: int) -> dict[str, Any]:
+    """The usage record of a reservation that expired and was charged `charged` tokens."""
+    prompt = min(prompt_tokens, charged)
+    return {
+        **record,
+        "status": "expired",
+        "prompt_tokens": prompt,
+        "completion_tokens": charged - prompt,
+        "latency_ms": 0,
+        "revision": 0,
+    }
+
+
+class Ledger(ABC):
+    @abstractmethod
+    def reserve(
+        self,
+        *,
+        reservation_id: str,
+        counters: list[Counter],
+        amount: int,
+        record: dict[str, Any],
+        ttl_seconds: int,
+        prompt_tokens: int = 0,
+        charge_on_expiry: int | None = None,
+        charged_key: str = "",
+    ) -> ReserveRefused | None:
+        """Reserves `amount` on every counter, or on none and says which one refused.
+        Expiry charges `charge_on_expiry` (default: `amount`) and adds every charge to the
+        `charged_key` total."""
+
+    @abstractmethod
+    def settle(self, *, reservation_id: str, record_update: dict[str, Any], tokens: int) -> Settlement | None:
+        """Charges `tokens` (0 releases everything) and emits the usage record; if the
+        reservation had expired, corrects what expiry charged to `tokens` and emits the
+        record's next revision. None when it was settled already."""
+
+    @abstractmethod
+    def extend(self, *, reservation_ids: Sequence[str], ttl_seconds: int) -> None:
+        """Moves the deadlines of these (running) reservations `ttl_seconds` ahead."""
+
+    @abstractmethod
+    def adopt(self, *, reservation_id: str, ttl_seconds: int, charge_on_expiry: int) -> bool:
+        """A process takes over a reservation (a queued job starting): new deadline, and what
+        expiry would charge from now on. False when it no longer exists."""
+
+    @abstractmethod
+    def balances(self, counters: list[Counter]) -> list[Balance]: ...
+
+    @abstractmethod
+    def charged(self, keys: Sequence[str]) -> list[int | None]:
+        """The charged totals; None for a total the ledger does not hold (lost with Redis)."""
+
+    @abstractmethod
+    def active_reservations(self) -> int: ...
+
+    @abstractmethod
+    def expire(self, *, now: float | None = None, limit: int = 500) -> int:
+        """Charges and closes reservations past their deadline; returns how many."""
