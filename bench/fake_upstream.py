@@ -8,7 +8,7 @@ Behaviour is chosen by the request:
 * `"stream": true` streams one word per chunk, with a usage chunk when
   `stream_options.include_usage` is set;
 * a prompt or last message that contains `FAIL_500` answers 500; `SLOW_STREAM` sleeps 50 ms
-  between chunks.
+  between chunks (`VERY_SLOW_STREAM`: 100 ms); `CUT_STREAM` drops the connection after 5 chunks (an upstream dying mid-way).
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
     await send(
         {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]}
     )
-    slow = "SLOW_STREAM" in prompt
+    slow = 0.1 if "VERY_SLOW_STREAM" in prompt else 0.05 if "SLOW_STREAM" in prompt else 0
     kind = "chat.completion.chunk" if chat else "text_completion"
     for index, word in enumerate(words):
         last = index == len(words) - 1
@@ -122,7 +122,9 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
             }
         )
         if slow:
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(slow)
+        if "CUT_STREAM" in prompt and index == 4:
+            raise ConnectionAbortedError("the upstream died mid-stream (CUT_STREAM)")
     if (request.get("stream_options") or {}).get("include_usage"):
         chunk = {
             "id": ident,

@@ -11,6 +11,8 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
 
+from common.metrics import SHARED_STATE_COLLECTORS
+
 
 @require_GET
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -71,4 +73,7 @@ def metrics(request: HttpRequest) -> HttpResponse:
         multiprocess.MultiProcessCollector(registry)
     else:
         registry = REGISTRY
-    return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+    shared = CollectorRegistry()
+    for collector in SHARED_STATE_COLLECTORS:
+        shared.register(collector)
+    return HttpResponse(generate_latest(registry) + generate_latest(shared), content_type=CONTENT_TYPE_LATEST)

@@ -12,7 +12,8 @@ from django.urls import path
 from django.utils import timezone
 
 from accounts.models import Organization
-from usage.models import BudgetEvent, UsageDaily, UsageRecord
+from usage.models import BudgetEvent, UsageDaily, UsageDeadLetter, UsageRecord
+from usage.records import dead_letters_retry
 from usage.selectors import tokens_per_day, usage_report
 
 
@@ -28,15 +29,34 @@ class UsageRecordAdmin(admin.ModelAdmin):
         "latency_ms",
         "status",
         "request_id",
+        "reservation_id",
     )
     list_filter = ("status", "endpoint", "model")
-    search_fields = ("request_id", "organization__slug", "end_user")
+    search_fields = ("request_id", "reservation_id", "organization__slug", "end_user")
     date_hierarchy = "created_at"
     list_select_related = ("organization",)
     show_full_result_count = False
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+@admin.register(UsageDeadLetter)
+class UsageDeadLetterAdmin(admin.ModelAdmin):
+    """Settlement entries the flush set aside. Fix the cause, then retry them."""
+
+    list_display = ("created_at", "stream", "entry_id", "error")
+    list_filter = ("stream",)
+    readonly_fields = ("created_at", "stream", "entry_id", "payload", "error")
+    actions = ("retry",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.action(description="Write the selected entries again")
+    def retry(self, request: HttpRequest, queryset: Any) -> None:
+        landed, failing = dead_letters_retry(dead_letters=list(queryset))
+        self.message_user(request, f"{landed} entries written, {failing} still failing.")
 
 
 @admin.register(UsageDaily)

@@ -43,7 +43,6 @@ class ReservationKeeper:
         self._lock = threading.Lock()
         self._running: set[str] = set()
         self._pending: list[PendingSettlement] = []
-        self._wake = threading.Event()
         self._pid = 0
 
     def track(self, reservation_id: str) -> None:
@@ -77,15 +76,15 @@ class ReservationKeeper:
         threading.Thread(target=self._run, name="reservation-keeper", daemon=True).start()
 
     def _run(self) -> None:
-        next_extend = 0.0
+        last_extend = 0.0
         while True:
-            self._wake.wait(RETRY_SECONDS)
+            ttl = self._ttl_seconds()
+            time.sleep(min(RETRY_SECONDS, ttl / 3))
             try:
                 self.retry_pending()
-                if time.monotonic() >= next_extend:
-                    ttl = self._ttl_seconds()
+                if time.monotonic() - last_extend >= ttl / 3:
+                    last_extend = time.monotonic()
                     self.extend_running(ttl_seconds=ttl)
-                    next_extend = time.monotonic() + max(RETRY_SECONDS, ttl / 3)
             except Exception:
                 logger.exception("The reservation keeper failed; it tries again")
 

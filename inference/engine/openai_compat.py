@@ -243,6 +243,8 @@ def _sse_data(response: http.AnyResponse) -> Iterator[dict[str, Any]]:
             yield json.loads(data)
         except ValueError as exc:
             raise UpstreamError(f"malformed upstream stream event: {data[:200]!r}") from exc
+    # Every OpenAI-compatible server ends a stream with [DONE]: without it, the upstream died.
+    raise UpstreamError("the upstream stream ended before [DONE]")
 
 
 def _status_error(response: http.AnyResponse) -> UpstreamError:

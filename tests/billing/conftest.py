@@ -22,7 +22,7 @@ from billing import stripe_sync
 from billing.models import Plan
 from billing.services import plan_create, subscription_change
 from tests.conftest import free_port, wait_http
-from usage.services import usage_records_write
+from usage.records import usage_records_write
 
 WEBHOOK_URL = "/api/v1/billing/stripe/webhook/"
 WEBHOOK_SECRET = "whsec_billing_tests"
