@@ -392,3 +392,60 @@ def test_reconcile_is_clean_after_traffic_and_names_a_difference(
     with pytest.raises(CommandError, match="do not reconcile"):
         call_command("usage_reconcile", "--org", "alice")
     assert "the usage records hold" in capsys.readouterr().err
+
+
+# --- A process that dies -----------------------------------------------------------------------
+
+
+@needs_redis
+@pytest.mark.slow
+def test_a_server_killed_mid_response_is_charged_what_it_reserved(alice: Tenant, openai_backend: str) -> None:
+    import http.client
+    import os
+    import signal
+    import subprocess
+
+    from bench.common import ROOT, free_port, wait_http, web_command
+    from tests.conftest import server_env
+
+    alice.organization.token_quota = 10_000
+    alice.organization.save()
+    port = free_port()
+    server = subprocess.Popen(
+        web_command(port=port, workers=1, threads=4),
+        cwd=ROOT,
+        env=server_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", server)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        connection.request(
+            "POST",
+            "/api/v1/generate/",
+            json.dumps({"prompt": "VERY_SLOW_STREAM please", "max_tokens": 50, "stream": True}),
+            {"Authorization": f"Bearer {alice.secret}", "Content-Type": "application/json"},
+        )
+        response = connection.getresponse()
+        received = b""
+        while received.count(b"event: token") < 3:
+            received += response.read1(4096)
+        # The client has part of the answer; the server dies before it can settle.
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=30)
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
+    context = _context(alice)
+    (budget,) = budget_views(context=context)
+    held = budget.reserved
+    assert held > 50 and budget.used == 0
+    assert get_ledger().expire(now=time.time() + settings.RESERVATION_TTL_SECONDS + 1) == 1
+    (budget,) = budget_views(context=context)
+    assert (budget.used, budget.reserved) == (held, 0)
+    count, tokens, rolled_up = _recorded(alice.organization)
+    assert (count, tokens, rolled_up, _charged(alice)) == (1, held, held, held)
+    assert UsageRecord.objects.get().status == "expired"
