@@ -155,7 +155,10 @@ def _revise(row: _Row) -> int:
     when the earlier one has not arrived); returns 1 when the record is new."""
     existing = UsageRecord.objects.select_for_update().filter(reservation_id=row.reservation_id).first()
     if existing is None:
-        return _insert([row])
+        if _insert([row]):
+            return 1
+        # Another flusher wrote an earlier revision since the read; it is committed now.
+        existing = UsageRecord.objects.select_for_update().get(reservation_id=row.reservation_id)
     if existing.revision >= row.revision:
         return 0
     prompt_delta = row.prompt_tokens - existing.prompt_tokens
