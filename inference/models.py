@@ -23,6 +23,9 @@ class GenerationJob(models.Model):
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
+    # How the job's caller authenticated ("api_key", "jwt", "oauth2"): a job queued with a key
+    # whose key is gone when it starts does not run.
+    auth_method = models.CharField(max_length=16, blank=True)
     request_id = models.CharField(max_length=128)
     # The budget held for it from the moment it was queued (usage.services.quota_reserve).
     reservation_id = models.CharField(max_length=128, blank=True)

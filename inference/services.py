@@ -404,6 +404,7 @@ def job_create(*, context: AuthContext, spec: GenerationSpec, request_id: str) -
             organization=context.organization,
             api_key=context.api_key,
             user=context.user,
+            auth_method=context.method,
             request_id=request_id,
             reservation_id=reservation.reservation_id,
             reserved_tokens=amount,
@@ -423,17 +424,48 @@ def job_get(*, organization: Any, job_id: str) -> GenerationJob | None:
 
 
 def _job_context(job: GenerationJob) -> AuthContext:
-    from accounts.scopes import ALL_SCOPES
+    """The caller of a queued job as it is now, not as it was when the job was queued: a job
+    whose key was revoked, expired or deleted, whose member left or was deactivated, or whose
+    organization was suspended while it waited does not run."""
+    from accounts.authentication import AuthenticationFailed, PermissionDenied
+    from accounts.scopes import ALL_SCOPES, GENERATE
 
-    api_key = APIKey.objects.filter(pk=job.api_key_id).first() if job.api_key_id else None
-    membership = (
-        Membership.objects.filter(user_id=job.user_id, organization_id=job.organization_id).first()
-        if job.user_id
-        else None
-    )
+    organization = job.organization
+    if not organization.is_active:
+        raise PermissionDenied(
+            f"The organization '{organization.slug}' was suspended before the job started.",
+            code="organization_suspended",
+        )
+    api_key = None
+    scopes = frozenset(ALL_SCOPES)
+    if job.auth_method == "api_key":
+        api_key = (
+            APIKey.objects.filter(pk=job.api_key_id, organization=organization).first()
+            if job.api_key_id
+            else None
+        )
+        if api_key is None or api_key.is_revoked:
+            raise AuthenticationFailed(
+                "The job's API key was revoked before it started.", code="api_key_revoked"
+            )
+        if api_key.is_expired():
+            raise AuthenticationFailed("The job's API key expired before it started.", code="api_key_expired")
+        scopes = frozenset(api_key.clean_scopes())
+        if GENERATE not in scopes:
+            raise PermissionDenied(
+                "The job's API key no longer has the 'generate' scope.", code="missing_scope"
+            )
+    membership = None
+    if job.user_id is not None:
+        membership = Membership.objects.filter(user_id=job.user_id, organization=organization).first()
+        if membership is None or job.user is None or not job.user.is_active:
+            raise AuthenticationFailed(
+                "The member who queued the job is no longer active in the organization.",
+                code="member_inactive",
+            )
     return AuthContext(
-        organization=job.organization,
-        scopes=frozenset(ALL_SCOPES),
+        organization=organization,
+        scopes=scopes,
         method="job",
         user=job.user,
         membership=membership,
@@ -450,10 +482,14 @@ def _job_generate(job: GenerationJob, spec: GenerationSpec) -> GenerationOutcome
         if job.reservation_id
         else None
     )
+    try:
+        context = _job_context(job)
+    except APIError:
+        if reservation is not None:
+            reservation.release(status="error")
+        raise
     if reservation is None:
-        return generation_run(
-            context=_job_context(job), spec=spec, request_id=job.request_id, endpoint="jobs"
-        )
+        return generation_run(context=context, spec=spec, request_id=job.request_id, endpoint="jobs")
     try:
         checked = _check(spec=spec, request_id=job.request_id)
     except BaseException:
