@@ -23,6 +23,7 @@ from accounts.scopes import ALL_SCOPES
 from accounts.selectors import api_key_resolve, membership_get
 from accounts.services import api_key_touch
 from common.errors import APIError
+from common.request_notes import request_notes
 
 
 class AuthenticationFailed(APIError):
@@ -159,7 +160,7 @@ class PipelineAuthentication(BaseAuthentication):
     """DRF reads what the authentication middleware resolved; it never authenticates again."""
 
     def authenticate(self, request: Request) -> tuple[Any, AuthContext] | None:
-        context: AuthContext | None = getattr(request._request, "auth_context", None)
+        context = request_notes(request).auth
         if context is None:
             return None
         return context.user, context

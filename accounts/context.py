@@ -1,5 +1,5 @@
-"""What authentication puts on the request (``request.auth_context``) for every later stage:
-rate limiting, token counting, views."""
+"""What authentication notes about the caller (`request_notes(request).auth`) for every later
+stage: admission (rate limits, budgets) and views."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from accounts.models import APIKey, Membership, Organization, User
+from common.request_notes import request_notes
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ def auth_context(request: Any) -> AuthContext:
     """The caller, as the authentication middleware resolved it, from a DRF or Django request."""
     context = getattr(request, "auth", None)
     if not isinstance(context, AuthContext):
-        context = getattr(getattr(request, "_request", request), "auth_context", None)
+        context = request_notes(request).auth
     if not isinstance(context, AuthContext):
         raise RuntimeError("auth_context() called on a request the API pipeline did not authenticate")
     return context

@@ -6,6 +6,7 @@ from django.http import HttpRequest, HttpResponse
 
 from accounts.authentication import authenticate
 from common.errors import APIError, is_api_path
+from common.request_notes import request_notes
 
 # Under the API prefixes, these paths are reachable without credentials.
 PUBLIC_API_PATHS = frozenset(
@@ -19,17 +20,16 @@ PUBLIC_API_PATHS = frozenset(
 
 
 class APIAuthenticationMiddleware:
-    """First stage of the API pipeline. Puts an `AuthContext` on `request.auth_context` for
-    every request under /api/ and /v1/, or answers 401/403 in the error shape."""
+    """First stage of the API pipeline. Notes the caller's `AuthContext` (`request_notes(request)
+    .auth`) for every request under /api/ and /v1/, or answers 401/403 in the error shape."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        request.auth_context = None  # type: ignore[attr-defined]
         if is_api_path(request.path) and request.path not in PUBLIC_API_PATHS:
             try:
-                request.auth_context = authenticate(request)  # type: ignore[attr-defined]
+                request_notes(request).auth = authenticate(request)
             except APIError as error:
                 response = error.to_response()
                 if error.status == 401:

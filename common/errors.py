@@ -10,6 +10,13 @@ import sys
 from typing import Any
 
 import redis
+from django.conf import settings
+from django.core.exceptions import (
+    RequestDataTooBig,
+    SuspiciousOperation,
+    TooManyFieldsSent,
+    TooManyFilesSent,
+)
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 logger = logging.getLogger(__name__)
@@ -105,6 +112,44 @@ class NotFound(APIError):
 class ServiceUnavailable(APIError):
     status = 503
     code = "service_unavailable"
+
+
+class RequestTooLarge(APIError):
+    status = 413
+    code = "request_too_large"
+
+
+def refused_request_error(exception: SuspiciousOperation) -> APIError:
+    """What Django's request limits (DATA_UPLOAD_MAX_*) raise while reading a body, as the
+    caller's error: a body over its size is a 413, too many fields or files a 400."""
+    if isinstance(exception, RequestDataTooBig):
+        return RequestTooLarge(
+            f"The request is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes, the most this API "
+            "reads besides an uploaded file; a larger document goes as a multipart file."
+        )
+    if isinstance(exception, TooManyFieldsSent):
+        return APIError(
+            f"The request has more than {settings.DATA_UPLOAD_MAX_NUMBER_FIELDS} fields.",
+            code="too_many_fields",
+        )
+    if isinstance(exception, TooManyFilesSent):
+        return APIError(
+            f"The request has more than {settings.DATA_UPLOAD_MAX_NUMBER_FILES} files.",
+            code="too_many_files",
+        )
+    return APIError("The request is malformed.", code="bad_request")
+
+
+def handler400(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """Django's answer to a SuspiciousOperation raised outside a DRF view (a middleware reading
+    a body over DATA_UPLOAD_MAX_MEMORY_SIZE): under the API, the same error a view gives."""
+    if is_api_path(request.path):
+        if isinstance(exception, SuspiciousOperation):
+            return refused_request_error(exception).to_response()
+        return error_response(status=400, message="The request is malformed.", code="bad_request")
+    from django.views.defaults import bad_request
+
+    return bad_request(request, exception or Exception("Bad request"))
 
 
 def handler404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import SuspiciousOperation
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from common.errors import TYPES_BY_STATUS, APIError, error_body
+from common.errors import TYPES_BY_STATUS, APIError, error_body, refused_request_error
 
 
 def _first_validation_error(detail: Any, prefix: str = "") -> tuple[str | None, str, str | None]:
@@ -37,6 +38,8 @@ def _message_for(param: str, message: str) -> str:
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """DRF's exception handler, reshaped into the error shape."""
+    if isinstance(exc, SuspiciousOperation):  # Django's request limits, hit while parsing the body
+        exc = refused_request_error(exc)
     if isinstance(exc, APIError):
         return Response(
             error_body(

@@ -16,6 +16,7 @@ from common import after_response
 from common.errors import error_response, internal_error_response, is_api_path
 from common.logging import request_id_var
 from common.metrics import REQUEST_LATENCY, REQUESTS
+from common.request_notes import request_notes
 
 logger = logging.getLogger("platform.request")
 
@@ -43,7 +44,7 @@ class RequestIDMiddleware:
         started = time.perf_counter()
         incoming = request.headers.get("X-Request-ID", "")
         request_id = incoming if _SANE_REQUEST_ID.match(incoming) else f"req_{uuid.uuid4().hex}"
-        request.request_id = request_id  # type: ignore[attr-defined]
+        request_notes(request).request_id = request_id
         token = request_id_var.set(request_id)
         deferred = after_response.collect()
         try:

@@ -10,6 +10,7 @@ from rest_framework.views import APIView
 from accounts.context import auth_context
 from accounts.scopes import GENERATE
 from common.errors import NotFound
+from common.request_notes import request_notes
 from inference.models import GenerationJob
 from inference.serializers import GenerateInputSerializer, GenerateOutputSerializer
 from inference.services import (
@@ -18,8 +19,10 @@ from inference.services import (
     handler_get,
     job_create,
     job_get,
+    model_name,
 )
 from inference.streaming import generate_events, sse_response
+from usage.admission import RouteCost
 
 
 class StatusApi(APIView):
@@ -49,7 +52,7 @@ class StatusApi(APIView):
 
 class GenerateApi(APIView):
     required_scope = GENERATE
-    reserves_budget = True  # its rate limits are counted with the reservation (usage.ratelimit)
+    cost = RouteCost(endpoint="generate", end_user_field="user_id", model=model_name)
 
     @extend_schema(
         tags=["inference"],
@@ -64,15 +67,24 @@ class GenerateApi(APIView):
     def post(self, request: Request) -> Response | StreamingHttpResponse:
         serializer = GenerateInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        context = auth_context(request)
-        spec = serializer.to_spec()
-        request_id = request._request.request_id  # type: ignore[attr-defined]
+        notes = request_notes(request)
+        context, spec = auth_context(request), serializer.to_spec()
         if serializer.validated_data["stream"]:
             session = generation_stream_open(
-                context=context, spec=spec, request_id=request_id, endpoint="generate"
+                context=context,
+                spec=spec,
+                request_id=notes.request_id,
+                endpoint="generate",
+                admitted=notes.reservation,
             )
             return sse_response(generate_events(session), session=session)
-        outcome = generation_run(context=context, spec=spec, request_id=request_id, endpoint="generate")
+        outcome = generation_run(
+            context=context,
+            spec=spec,
+            request_id=notes.request_id,
+            endpoint="generate",
+            admitted=notes.reservation,
+        )
         return Response(outcome.generate_body())
 
 
@@ -88,7 +100,7 @@ class JobOutputSerializer(serializers.Serializer):
 
 class JobCreateApi(APIView):
     required_scope = GENERATE
-    reserves_budget = True  # its rate limits are counted with the reservation (usage.ratelimit)
+    cost = RouteCost(endpoint="jobs", end_user_field="user_id", model=model_name, queued=True)
 
     @extend_schema(
         tags=["inference"],
@@ -101,10 +113,12 @@ class JobCreateApi(APIView):
         serializer.is_valid(raise_exception=True)
         if serializer.validated_data["stream"]:
             raise serializers.ValidationError({"stream": "Jobs do not stream; use generate/ to stream."})
+        notes = request_notes(request)
         job = job_create(
             context=auth_context(request),
             spec=serializer.to_spec(),
-            request_id=request._request.request_id,  # type: ignore[attr-defined]
+            request_id=notes.request_id,
+            admitted=notes.reservation,
         )
         job.refresh_from_db()
         response = Response(JobOutputSerializer(job).data, status=202)

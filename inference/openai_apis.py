@@ -15,6 +15,7 @@ from rest_framework.views import APIView
 
 from accounts.context import auth_context
 from accounts.scopes import GENERATE
+from common.request_notes import request_notes
 from inference import openai_format
 from inference.serializers import (
     ChatCompletionInputSerializer,
@@ -32,6 +33,7 @@ from inference.services import (
     model_name,
 )
 from inference.streaming import sse_response, stream_error_event
+from usage.admission import RouteCost
 
 
 def _openai_stream(
@@ -48,20 +50,23 @@ def _openai_stream(
 
 class _CompletionsBase(APIView):
     required_scope = GENERATE
-    reserves_budget = True  # its rate limits are counted with the reservation (usage.ratelimit)
     serializer_class: type[OpenAIInputSerializer]
     endpoint: str
 
     def post(self, request: Request) -> Response | StreamingHttpResponse:
         serializer = self.serializer_class(data=request.data)
         serializer.is_valid(raise_exception=True)
-        spec = serializer.to_spec()  # type: ignore[attr-defined]
-        request_id = request._request.request_id  # type: ignore[attr-defined]
+        notes = request_notes(request)
+        context, spec = auth_context(request), serializer.to_spec()  # type: ignore[attr-defined]
         is_chat = self.endpoint == "chat.completions"
         completion_id = openai_format.new_id("chatcmpl" if is_chat else "cmpl")
         if serializer.validated_data["stream"]:
             session = generation_stream_open(
-                context=auth_context(request), spec=spec, request_id=request_id, endpoint=self.endpoint
+                context=context,
+                spec=spec,
+                request_id=notes.request_id,
+                endpoint=self.endpoint,
+                admitted=notes.reservation,
             )
             events = _openai_stream(
                 session,
@@ -72,7 +77,11 @@ class _CompletionsBase(APIView):
             )
             return sse_response(events, session=session)
         outcome = generation_run(
-            context=auth_context(request), spec=spec, request_id=request_id, endpoint=self.endpoint
+            context=context,
+            spec=spec,
+            request_id=notes.request_id,
+            endpoint=self.endpoint,
+            admitted=notes.reservation,
         )
         build = openai_format.chat_completion if is_chat else openai_format.completion
         return Response(
@@ -90,6 +99,7 @@ class _CompletionsBase(APIView):
 class ChatCompletionsApi(_CompletionsBase):
     serializer_class = ChatCompletionInputSerializer
     endpoint = "chat.completions"
+    cost = RouteCost(endpoint="chat.completions", model=model_name)
 
     @extend_schema(
         tags=["openai"],
@@ -104,6 +114,7 @@ class ChatCompletionsApi(_CompletionsBase):
 class CompletionsApi(_CompletionsBase):
     serializer_class = CompletionInputSerializer
     endpoint = "completions"
+    cost = RouteCost(endpoint="completions", model=model_name)
 
     @extend_schema(tags=["openai"], request=CompletionInputSerializer, responses={200: dict})
     def post(self, request: Request) -> Response | StreamingHttpResponse:
@@ -112,7 +123,7 @@ class CompletionsApi(_CompletionsBase):
 
 class EmbeddingsApi(APIView):
     required_scope = GENERATE
-    reserves_budget = True  # its rate limits are counted with the reservation (usage.ratelimit)
+    cost = RouteCost(endpoint="embeddings", model=embedding_model_name)
 
     @extend_schema(tags=["openai"], request=EmbeddingInputSerializer, responses={200: dict})
     def post(self, request: Request) -> Response:
@@ -124,11 +135,13 @@ class EmbeddingsApi(APIView):
                 f"The embedding model '{requested}' does not exist. This server serves '{embedding_model_name()}'.",
                 param="model",
             )
+        notes = request_notes(request)
         outcome = embeddings_create(
             context=auth_context(request),
             texts=serializer.validated_data["input"],
-            request_id=request._request.request_id,  # type: ignore[attr-defined]
+            request_id=notes.request_id,
             end_user=serializer.validated_data.get("user"),
+            admitted=notes.reservation,
         )
         if serializer.validated_data["encoding_format"] == "base64":
             # Little-endian float32, as OpenAI encodes it (the official SDK asks for this).

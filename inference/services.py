@@ -32,7 +32,7 @@ from inference.engine import (
 )
 from inference.engine.embeddings import Embedder, default_embedding_model_path
 from inference.models import GenerationJob
-from usage.services import Reservation, quota_reserve, reservation_adopt
+from usage.services import Reservation, quota_reserve, reservation_adopt, reservation_refund
 
 logger = logging.getLogger(__name__)
 
@@ -229,11 +229,46 @@ def _check(*, spec: GenerationSpec, request_id: str) -> _Checked:
     return _Checked(handler=handler, served=served, request=request, prompt_tokens=prompt_tokens)
 
 
+def _hold(
+    *,
+    admitted: Reservation | None,
+    context: AuthContext,
+    end_user: str | None,
+    endpoint: str,
+    model: str,
+    request_id: str,
+    amount: int,
+    prompt_tokens: int,
+    queued_for_seconds: int | None = None,
+) -> Reservation:
+    """The budget held for this work: admission's reservation, grown to the exact count when
+    its estimate was short, and claimed; outside the API pipeline (a worker), a new one."""
+    if admitted is not None:
+        admitted.ensure(amount=amount, prompt_tokens=prompt_tokens)
+        return admitted.claim()
+    return quota_reserve(
+        context=context,
+        end_user=end_user,
+        endpoint=endpoint,
+        model=model,
+        request_id=request_id,
+        amount=amount,
+        prompt_tokens=prompt_tokens,
+        queued_for_seconds=queued_for_seconds,
+    )
+
+
 def _admit(
-    *, context: AuthContext, spec: GenerationSpec, request_id: str, endpoint: str
+    *,
+    context: AuthContext,
+    spec: GenerationSpec,
+    request_id: str,
+    endpoint: str,
+    admitted: Reservation | None,
 ) -> tuple[LLMHandler, GenerationRequest, Reservation]:
     checked = _check(spec=spec, request_id=request_id)
-    reservation = quota_reserve(
+    reservation = _hold(
+        admitted=admitted,
         context=context,
         end_user=spec.end_user,
         endpoint=endpoint,
@@ -246,11 +281,17 @@ def _admit(
 
 
 def generation_run(
-    *, context: AuthContext, spec: GenerationSpec, request_id: str, endpoint: str
+    *,
+    context: AuthContext,
+    spec: GenerationSpec,
+    request_id: str,
+    endpoint: str,
+    admitted: Reservation | None = None,
 ) -> GenerationOutcome:
+    """Generates on the budget admission held (`admitted`), or on one reserved here."""
     started = time.perf_counter()
     handler, request, reservation = _admit(
-        context=context, spec=spec, request_id=request_id, endpoint=endpoint
+        context=context, spec=spec, request_id=request_id, endpoint=endpoint, admitted=admitted
     )
     return _generate(handler=handler, request=request, reservation=reservation, started=started)
 
@@ -344,10 +385,15 @@ class GenerationSession:
 
 
 def generation_stream_open(
-    *, context: AuthContext, spec: GenerationSpec, request_id: str, endpoint: str
+    *,
+    context: AuthContext,
+    spec: GenerationSpec,
+    request_id: str,
+    endpoint: str,
+    admitted: Reservation | None = None,
 ) -> GenerationSession:
     handler, request, reservation = _admit(
-        context=context, spec=spec, request_id=request_id, endpoint=endpoint
+        context=context, spec=spec, request_id=request_id, endpoint=endpoint, admitted=admitted
     )
     return GenerationSession(handler=handler, request=request, reservation=reservation, request_id=request_id)
 
@@ -360,17 +406,24 @@ class EmbeddingOutcome:
 
 
 def embeddings_create(
-    *, context: AuthContext, texts: list[str], request_id: str, end_user: str | None
+    *,
+    context: AuthContext,
+    texts: list[str],
+    request_id: str,
+    end_user: str | None,
+    admitted: Reservation | None = None,
 ) -> EmbeddingOutcome:
     embedder = embedder_get()
     tokens = sum(embedder.count_tokens(text) for text in texts)
-    reservation = quota_reserve(
+    reservation = _hold(
+        admitted=admitted,
         context=context,
         end_user=end_user,
         endpoint="embeddings",
         model=embedding_model_name(),
         request_id=request_id,
         amount=tokens,
+        prompt_tokens=tokens,
     )
     try:
         vectors = embedder.embed(texts)
@@ -384,12 +437,15 @@ def embeddings_create(
 # --- Jobs ---------------------------------------------------------------------------------
 
 
-def job_create(*, context: AuthContext, spec: GenerationSpec, request_id: str) -> GenerationJob:
+def job_create(
+    *, context: AuthContext, spec: GenerationSpec, request_id: str, admitted: Reservation | None = None
+) -> GenerationJob:
     """Queues a generation. Its budget is reserved now (429 at once when it does not fit) and
     held for as long as the job may wait for a worker (`JOB_MAX_WAIT_SECONDS`)."""
     checked = _check(spec=spec, request_id=request_id)
     amount = checked.prompt_tokens + spec.max_tokens
-    reservation = quota_reserve(
+    reservation = _hold(
+        admitted=admitted,
         context=context,
         end_user=spec.end_user,
         endpoint="jobs",
@@ -411,7 +467,7 @@ def job_create(*, context: AuthContext, spec: GenerationSpec, request_id: str) -
             payload=spec.to_payload(),
         )
     except BaseException:
-        reservation.release(status="error")
+        reservation.cancel()
         raise
     from inference.tasks import run_generation_job
 
@@ -474,8 +530,10 @@ def _job_context(job: GenerationJob) -> AuthContext:
 
 
 def _job_generate(job: GenerationJob, spec: GenerationSpec) -> GenerationOutcome:
-    """Runs on the reservation the job was queued with; reserves again only when that one is
-    gone (it expired while the job waited, or a worker that died running it was charged)."""
+    """Runs on the reservation the job was queued with. When that one is gone — it expired
+    while the job waited, or the worker that ran an earlier attempt died and its expiry charged
+    what it held — the earlier attempt's charge is refunded (the job's result was never
+    delivered, so the tenant got nothing for it) and this attempt reserves anew."""
     started = time.perf_counter()
     reservation = (
         reservation_adopt(reservation_id=job.reservation_id, amount=job.reserved_tokens)
@@ -486,15 +544,29 @@ def _job_generate(job: GenerationJob, spec: GenerationSpec) -> GenerationOutcome
         context = _job_context(job)
     except APIError:
         if reservation is not None:
-            reservation.release(status="error")
+            reservation.cancel()
         raise
-    if reservation is None:
-        return generation_run(context=context, spec=spec, request_id=job.request_id, endpoint="jobs")
     try:
         checked = _check(spec=spec, request_id=job.request_id)
     except BaseException:
-        reservation.release(status="error")
+        if reservation is not None:
+            reservation.release(status="error")
         raise
+    if reservation is None:
+        if job.reservation_id:
+            reservation_refund(reservation_id=job.reservation_id)
+        amount = checked.prompt_tokens + spec.max_tokens
+        reservation = quota_reserve(
+            context=context,
+            end_user=spec.end_user,
+            endpoint="jobs",
+            model=checked.served,
+            request_id=job.request_id,
+            amount=amount,
+            prompt_tokens=checked.prompt_tokens,
+        )
+        job.reservation_id, job.reserved_tokens = reservation.reservation_id, amount
+        job.save(update_fields=["reservation_id", "reserved_tokens"])
     return _generate(
         handler=checked.handler, request=checked.request, reservation=reservation, started=started
     )

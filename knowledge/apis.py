@@ -14,8 +14,10 @@ from rest_framework.views import APIView
 from accounts.context import auth_context
 from accounts.scopes import DOCUMENTS_READ, DOCUMENTS_WRITE, RAG
 from common.errors import NotFound
+from common.parsers import declared_content_length
+from common.request_notes import request_notes
 from inference import openai_format
-from inference.services import GenerationSession, generation_run, generation_stream_open
+from inference.services import GenerationSession, generation_run, generation_stream_open, model_name
 from inference.streaming import generate_events, sse_response
 from knowledge import services
 from knowledge.models import Document
@@ -28,6 +30,7 @@ from knowledge.serializers import (
     SearchInputSerializer,
     SourceSerializer,
 )
+from usage.admission import RouteCost
 
 
 def _document_or_404(request: Request, document_id: int) -> Document:
@@ -72,14 +75,12 @@ class DocumentListCreateApi(APIView):
     )
     def post(self, request: Request) -> Response:
         context = auth_context(request)
+        # Before request.FILES, which reads the body.
+        services.upload_declared_size_check(declared_bytes=declared_content_length(request.META))
         if "file" in request.FILES:
-            upload = request.FILES["file"]
-            data = upload.read()
-            outcome = services.document_upload(
+            outcome = services.document_upload_file(
                 organization=context.organization,
-                data=data,
-                filename=upload.name or "upload",
-                content_type=upload.content_type,
+                upload=request.FILES["file"],
                 title=str(request.data.get("title") or "") or None,  # type: ignore[union-attr]
             )
         else:
@@ -156,7 +157,9 @@ class SearchApi(APIView):
 
 class RagApi(APIView):
     required_scope = RAG
-    reserves_budget = True  # its rate limits are counted with the reservation (usage.ratelimit)
+    # Admitted on the question alone, before the query is embedded or searched; the hold grows
+    # to the exact prompt, passages included, before generation.
+    cost = RouteCost(endpoint="rag", end_user_field="user_id", model=model_name)
 
     @extend_schema(
         tags=["knowledge"],
@@ -170,7 +173,7 @@ class RagApi(APIView):
         serializer = RagInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         context = auth_context(request)
-        request_id = request._request.request_id  # type: ignore[attr-defined]
+        notes = request_notes(request)
         retrieved = services.rag_retrieve(
             context=context,
             spec=serializer.to_spec(),
@@ -182,10 +185,20 @@ class RagApi(APIView):
             cited["note"] = retrieved.note
         if serializer.validated_data["stream"]:
             session = generation_stream_open(
-                context=context, spec=retrieved.spec, request_id=request_id, endpoint="rag"
+                context=context,
+                spec=retrieved.spec,
+                request_id=notes.request_id,
+                endpoint="rag",
+                admitted=notes.reservation,
             )
             return sse_response(_rag_events(session, cited), session=session)
-        outcome = generation_run(context=context, spec=retrieved.spec, request_id=request_id, endpoint="rag")
+        outcome = generation_run(
+            context=context,
+            spec=retrieved.spec,
+            request_id=notes.request_id,
+            endpoint="rag",
+            admitted=notes.reservation,
+        )
         return Response({**outcome.generate_body(), **cited})
 
 

@@ -34,6 +34,8 @@ class PendingSettlement:
     reservation_id: str
     record_update: dict[str, Any]
     tokens: int
+    # A hold released without a charge or a record (the request was refused before any work).
+    cancel: bool = False
 
 
 class ReservationKeeper:
@@ -103,11 +105,14 @@ class ReservationKeeper:
         failed = []
         for index, settlement in enumerate(pending):
             try:
-                self._ledger().settle(
-                    reservation_id=settlement.reservation_id,
-                    record_update=settlement.record_update,
-                    tokens=settlement.tokens,
-                )
+                if settlement.cancel:
+                    self._ledger().cancel(reservation_id=settlement.reservation_id)
+                else:
+                    self._ledger().settle(
+                        reservation_id=settlement.reservation_id,
+                        record_update=settlement.record_update,
+                        tokens=settlement.tokens,
+                    )
             except redis.RedisError:
                 failed = pending[index:]
                 break

@@ -1,30 +1,32 @@
-"""Stages two and three of the API pipeline, after authentication:
+"""Admission: the API pipeline's stages after authentication, before the view does any work.
 
-* `TokenCountingMiddleware` estimates the tokens of a generation request with tiktoken
-  (`request.token_estimate`), before the view.
-* `RateLimitMiddleware` counts the request against the requests- and tokens-per-minute limits
-  (429 when over) and puts the `x-ratelimit-*` headers on every API response. For a view that
-  reserves budget (`reserves_budget = True`), the limits are deferred to the reservation, which
-  counts them in the same atomic step as the budgets (see `usage.ratelimit`)."""
+For a route that declares its cost (`usage.admission.RouteCost`), `AdmissionMiddleware` reads
+the JSON body, estimates its tokens (`request_notes(request).estimate`) and reserves them on
+every budget that applies, counting the requests- and tokens-per-minute limits in the same
+atomic step (one Redis round trip): 429 or 503 before the view runs. The reservation reaches
+the view as `request_notes(request).reservation`; the view claims it when it takes the request
+on, and one it never claimed (the view refused the request: bad input, unknown model) is
+cancelled when the response leaves, costing nothing. Other routes count their requests per
+minute. Every API response carries the `x-ratelimit-*` headers."""
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Callable
 from typing import Any
 
+import redis
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
-from usage.ratelimit import (
-    DeferredLimits,
-    LimitState,
-    RateLimited,
-    defer,
-    format_reset,
-    requests_hit,
-    tokens_hit,
-    undefer,
-)
-from usage.tokens import estimate_request_body
+from common.errors import APIError, internal_error_response
+from common.request_notes import RequestNotes, request_notes
+from usage.admission import route_cost
+from usage.ratelimit import LimitState, LimitWindows, RateLimited, format_reset, requests_hit, tokens_hit
+from usage.services import quota_reserve
+
+logger = logging.getLogger(__name__)
 
 
 def _set_headers(response: HttpResponse, state: LimitState | None) -> None:
@@ -35,69 +37,75 @@ def _set_headers(response: HttpResponse, state: LimitState | None) -> None:
     response[f"x-ratelimit-reset-{state.kind}"] = format_reset(state.reset_seconds)
 
 
-def _reserves_budget(view_func: Callable[..., Any]) -> bool:
-    view_class = getattr(view_func, "view_class", None) or getattr(view_func, "cls", None)
-    return bool(getattr(view_class, "reserves_budget", False))
+def _json_body(request: HttpRequest) -> dict[str, Any] | None:
+    if request.content_type != "application/json":
+        return None
+    try:
+        body = json.loads(request.body)
+    except (ValueError, UnicodeDecodeError):
+        return None  # the view answers it with a 400
+    return body if isinstance(body, dict) else None
 
 
-class RateLimitMiddleware:
+class AdmissionMiddleware:
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        request.limit_states = {}  # type: ignore[attr-defined]
-        request.deferred_limits = None  # type: ignore[attr-defined]
-        try:
-            response = self.get_response(request)
-        finally:
-            token = getattr(request, "_deferred_token", None)
-            if token is not None:
-                undefer(token)
-        context = getattr(request, "auth_context", None)
+        response = self.get_response(request)
+        notes = request_notes(request)
+        context = notes.auth
         if context is None:
             return response
-        states: dict[str, LimitState | None] = request.limit_states  # type: ignore[attr-defined]
-        deferred: DeferredLimits | None = request.deferred_limits  # type: ignore[attr-defined]
-        if deferred is not None:
-            deferred.settle_uncounted()
-            states = deferred.states
-        if "tokens" not in states:
-            states["tokens"] = tokens_hit(context=context, tokens=0)
-        _set_headers(response, states.get("requests"))
-        _set_headers(response, states.get("tokens"))
+        reservation = notes.reservation
+        if reservation is not None and not reservation.claimed:
+            reservation.cancel()
+        try:
+            if "tokens" not in notes.limits:
+                notes.limits["tokens"] = tokens_hit(context=context, tokens=0)
+        except redis.RedisError as exc:
+            logger.warning("No x-ratelimit-tokens headers: %s", exc)
+        _set_headers(response, notes.limits.get("requests"))
+        _set_headers(response, notes.limits.get("tokens"))
         return response
 
     def process_view(
         self, request: HttpRequest, view_func: Callable[..., Any], args: Any, kwargs: Any
     ) -> HttpResponse | None:
-        context = getattr(request, "auth_context", None)
+        notes = request_notes(request)
+        context = notes.auth
         if context is None:
             return None
-        estimate = getattr(request, "token_estimate", None)
-        tokens = estimate.total if estimate is not None else 0
-        if _reserves_budget(view_func):
-            deferred = DeferredLimits(request=request, context=context, tokens=tokens)
-            request.deferred_limits = deferred  # type: ignore[attr-defined]
-            request._deferred_token = defer(deferred)  # type: ignore[attr-defined]
-            return None
-        states: dict[str, LimitState | None] = request.limit_states  # type: ignore[attr-defined]
-        states["requests"] = requests_hit(request=request, context=context)
-        if states["requests"] is not None and states["requests"].exceeded:
-            return RateLimited(states["requests"]).to_response()
-        if estimate is not None:
-            states["tokens"] = tokens_hit(context=context, tokens=tokens)
-            if states["tokens"] is not None and states["tokens"].exceeded:
-                return RateLimited(states["tokens"]).to_response()
+        cost = route_cost(view_func)
+        body = _json_body(request) if cost is not None else None
+        estimate = cost.estimate(body) if cost is not None and body is not None else None
+        if cost is None or body is None or estimate is None:
+            return self._count_requests(request, notes)
+        notes.estimate = estimate
+        limits = LimitWindows(request=request, context=context, tokens=estimate.total)
+        try:
+            notes.reservation = quota_reserve(
+                context=context,
+                end_user=cost.end_user(body),
+                endpoint=cost.endpoint,
+                model=cost.model() if cost.model is not None else "",
+                request_id=notes.request_id,
+                amount=estimate.total,
+                prompt_tokens=estimate.prompt_tokens,
+                queued_for_seconds=settings.JOB_MAX_WAIT_SECONDS if cost.queued else None,
+                limits=limits,
+            )
+        except APIError as error:
+            notes.limits.update(limits.states)
+            return error.to_response()
+        except redis.RedisError as exc:
+            return internal_error_response(exc)  # 503: nothing was held or counted
+        notes.limits.update(limits.states)
         return None
 
-
-class TokenCountingMiddleware:
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
-        self.get_response = get_response
-
-    def __call__(self, request: HttpRequest) -> HttpResponse:
-        context = getattr(request, "auth_context", None)
-        request.token_estimate = None  # type: ignore[attr-defined]
-        if context is not None and request.method == "POST" and request.content_type == "application/json":
-            request.token_estimate = estimate_request_body(request.body)  # type: ignore[attr-defined]
-        return self.get_response(request)
+    def _count_requests(self, request: HttpRequest, notes: RequestNotes) -> HttpResponse | None:
+        assert notes.auth is not None
+        state = notes.limits["requests"] = requests_hit(request=request, context=notes.auth)
+        if state is not None and state.exceeded:
+            return RateLimited(state).to_response()
+        return None

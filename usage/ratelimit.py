@@ -6,16 +6,13 @@ the number of processes. Without Redis, counting goes through django-ratelimit's
 on the local cache. On Redis, `get_usage` would cost three round trips per limit (add, exists,
 incrby); here every limit of a request is counted in one pipelined round trip instead.
 
-A request that reserves budget (generation, embeddings) goes further: the middleware defers its
-limits (`defer`), and the reservation counts them in the same atomic Redis step as the budgets
-(`usage.ledger.RedisLedger.admit`), so admission costs one round trip in all. What was deferred
-but never counted (the view refused the request before reserving) is counted when the response
-leaves (`DeferredLimits.settle_uncounted`)."""
+A route that reserves budget (generation, embeddings, RAG, jobs) goes further: admission hands
+its `LimitWindows` to the reservation, which counts them in the same atomic Redis step as the
+budgets (`usage.ledger.RedisLedger.admit`), so admission costs one round trip in all."""
 
 from __future__ import annotations
 
 import time
-from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -190,13 +187,13 @@ class RateLimited(APIError):
 
 
 @dataclass
-class DeferredLimits:
-    """The rate limits of one request, left for its budget reservation to count."""
+class LimitWindows:
+    """The requests- and tokens-per-minute limits of one request, counted with its budget
+    reservation (`usage.services.quota_reserve`). `states` holds what was counted."""
 
     request: HttpRequest
     context: AuthContext
     tokens: int
-    counted: bool = False
     states: dict[str, LimitState | None] = field(default_factory=dict)
     _requests: list[_Limit] = field(default_factory=list)
     _tokens: list[_Limit] = field(default_factory=list)
@@ -211,7 +208,6 @@ class DeferredLimits:
 
     def counted_in_redis(self, counts: list[int], refused: int | None) -> None:
         """Takes the counts `admit` returned; raises RateLimited when a window refused."""
-        self.counted = True
         now = time.time()
         split = len(self._requests)
         requests = [
@@ -234,9 +230,8 @@ class DeferredLimits:
                 raise RateLimited(state)
 
     def count(self) -> None:
-        """Counts the limits on their own (no Redis ledger, or nothing reserved); raises
-        RateLimited when one refuses."""
-        self.counted = True
+        """Counts the limits on their own (no Redis ledger); raises RateLimited when one
+        refuses."""
         self.states["requests"] = requests_hit(request=self.request, context=self.context)
         if self.states["requests"] is not None and self.states["requests"].exceeded:
             raise RateLimited(self.states["requests"])
@@ -258,30 +253,3 @@ class DeferredLimits:
             False,
             state.owner,
         )
-
-    def settle_uncounted(self) -> None:
-        """A request refused before its reservation still counts as a request."""
-        if not self.counted:
-            self.counted = True
-            self.states["requests"] = requests_hit(request=self.request, context=self.context)
-            self.states["tokens"] = tokens_hit(context=self.context, tokens=0)
-
-
-_deferred: ContextVar[DeferredLimits | None] = ContextVar("deferred_rate_limits", default=None)
-
-
-def defer(limits: DeferredLimits) -> Token[DeferredLimits | None]:
-    """Until `undefer`, `deferred_claim()` hands these limits to the request's reservation."""
-    return _deferred.set(limits)
-
-
-def undefer(token: Token[DeferredLimits | None]) -> None:
-    _deferred.reset(token)
-
-
-def deferred_claim(context: AuthContext) -> DeferredLimits | None:
-    """The current request's deferred limits, if still uncounted and for this caller."""
-    limits = _deferred.get()
-    if limits is None or limits.counted or limits.context is not context:
-        return None
-    return limits

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
 from typing import Any
@@ -194,7 +194,45 @@ class Reservation:
     amount: int
     ledger: Ledger
     started: datetime
+    counters: list[Counter] = field(default_factory=list)
     settled: bool = False
+    # Admission made it; the view claims it once it takes the request on (from then on the
+    # view settles it). One never claimed is cancelled when the response leaves.
+    claimed: bool = False
+
+    def ensure(self, *, amount: int, prompt_tokens: int) -> None:
+        """Holds at least `amount`: admission reserved on an estimate, the exact count (the
+        serving model's tokenizer) may be larger. Raises QuotaExceeded when a budget cannot
+        take the difference."""
+        if amount <= self.amount:
+            return
+        refused = self.ledger.grow(
+            reservation_id=self.reservation_id,
+            counters=self.counters,
+            amount=amount,
+            prompt_tokens=prompt_tokens,
+        )
+        if refused is not None:
+            raise _quota_exceeded(refused, amount)
+        self.amount = amount
+
+    def claim(self) -> Reservation:
+        self.claimed = True
+        return self
+
+    def cancel(self) -> None:
+        """Releases a hold for a request refused before any work: no charge, no record."""
+        if self.settled:
+            return
+        self.settled = True
+        _keeper.untrack(self.reservation_id)
+        try:
+            self.ledger.cancel(reservation_id=self.reservation_id)
+        except redis.RedisError as exc:
+            logger.warning("Cancellation of %s deferred: %s", self.reservation_id, exc)
+            _keeper.retry_later(
+                PendingSettlement(reservation_id=self.reservation_id, record_update={}, tokens=0, cancel=True)
+            )
 
     def settle(
         self, *, prompt_tokens: int, completion_tokens: int, status: str = "ok", model: str | None = None
@@ -243,6 +281,7 @@ def quota_reserve(
     amount: int,
     prompt_tokens: int = 0,
     queued_for_seconds: int | None = None,
+    limits: ratelimit.LimitWindows | None = None,
 ) -> Reservation:
     """Reserves `amount` tokens on every budget that applies to the caller, all or none.
     Raises QuotaExceeded naming the budget that cannot take it.
@@ -277,9 +316,8 @@ def quota_reserve(
         "charge_on_expiry": 0 if queued_for_seconds else amount,
         "charged_key": charged_key(organization_id=context.organization.pk, when=now),
     }
-    # The request's rate limits, deferred by the middleware, are counted here: with the budgets
-    # in one atomic round trip on Redis, on their own before the reservation otherwise.
-    limits = ratelimit.deferred_claim(context)
+    # Admission's rate limits are counted here: with the budgets in one atomic round trip on
+    # Redis, on their own before the reservation otherwise.
     refused: ReserveRefused | None
     if limits is not None and isinstance(ledger, RedisLedger):
         outcome = ledger.admit(**hold, windows=limits.windows())
@@ -295,16 +333,34 @@ def quota_reserve(
         if refused is not None and limits is not None:
             limits.refund_tokens()
     if refused is not None:
-        remaining = max(0, refused.counter.limit - refused.balance.used - refused.balance.reserved)
-        raise QuotaExceeded(
-            f"This request needs up to {amount} tokens but the {refused.counter.label} has "
-            f"{remaining} left of {refused.counter.limit} this period "
-            f"({refused.balance.used} used, {refused.balance.reserved} reserved by requests in flight).",
-            param="max_tokens",
-        )
+        raise _quota_exceeded(refused, amount)
     if not queued_for_seconds:
         _keeper.track(reservation_id)
-    return Reservation(reservation_id=reservation_id, amount=amount, ledger=ledger, started=now)
+    return Reservation(
+        reservation_id=reservation_id, amount=amount, ledger=ledger, started=now, counters=counters
+    )
+
+
+def _quota_exceeded(refused: ReserveRefused, amount: int) -> QuotaExceeded:
+    remaining = max(0, refused.counter.limit - refused.balance.used - refused.balance.reserved)
+    return QuotaExceeded(
+        f"This request needs up to {amount} tokens but the {refused.counter.label} has "
+        f"{remaining} left of {refused.counter.limit} this period "
+        f"({refused.balance.used} used, {refused.balance.reserved} reserved by requests in flight).",
+        param="max_tokens",
+    )
+
+
+def reservation_refund(*, reservation_id: str) -> bool:
+    """Corrects what an expired reservation was charged to nothing (its work was lost and
+    delivered nothing); its record becomes a failed one with no tokens. False when there is
+    nothing to correct (it never expired, or expired too long ago)."""
+    settlement = get_ledger().settle(
+        reservation_id=reservation_id,
+        record_update={"status": "error", "prompt_tokens": 0, "completion_tokens": 0, "latency_ms": 0},
+        tokens=0,
+    )
+    return settlement is not None and settlement.late
 
 
 def reservation_adopt(*, reservation_id: str, amount: int) -> Reservation | None:

@@ -51,8 +51,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "common.middleware.SiteMiddleware",  # SITE_MIDDLEWARE, outside /api/ and /v1/ only
     "accounts.middleware.APIAuthenticationMiddleware",
-    "usage.middleware.RateLimitMiddleware",
-    "usage.middleware.TokenCountingMiddleware",
+    "usage.middleware.AdmissionMiddleware",  # token counting, rate limits and budgets
 ]
 # The admin's and the HTML pages' middlewares; API requests (header credentials) skip them.
 SITE_MIDDLEWARE = [
@@ -159,7 +158,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["accounts.permissions.HasRequiredScope"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": [
-        "rest_framework.parsers.JSONParser",
+        "common.parsers.BoundedJSONParser",
         "rest_framework.parsers.MultiPartParser",
     ],
     "EXCEPTION_HANDLER": "common.exception_handler.api_exception_handler",
@@ -258,6 +257,25 @@ JOB_MAX_WAIT_SECONDS = env.int("JOB_MAX_WAIT_SECONDS", default=3600)
 TOKEN_ESTIMATE_ENCODING = env.str("TOKEN_ESTIMATE_ENCODING", default="cl100k_base")
 DEFAULT_MAX_TOKENS = env.int("DEFAULT_MAX_TOKENS", default=256)
 
+# Hostile input: what one request may carry, each over-limit field a 400 that names it.
+# A prompt (generate/, completions, rag/) or all of a chat's messages together, in characters:
+# about 50,000 tokens of English, more than the default model's context holds.
+MAX_PROMPT_CHARS = env.int("MAX_PROMPT_CHARS", default=200_000)
+MAX_MESSAGES = env.int("MAX_MESSAGES", default=2048)  # as OpenAI's chat completions
+MAX_STOP_SEQUENCES = env.int("MAX_STOP_SEQUENCES", default=4)
+# The engine matches every stop string against the tail of the output after each token.
+MAX_STOP_CHARS = env.int("MAX_STOP_CHARS", default=64)
+# The largest valid body is a prompt or messages at MAX_PROMPT_CHARS that the client escaped as
+# \uXXXX (6 bytes a character: Python's json and requests do, for anything not ASCII), 1.2 MB,
+# plus the other fields; a larger JSON body cannot be valid and is refused from its declared
+# Content-Length before it is read (413). Django applies it to every body it reads into memory
+# (DATA_UPLOAD_MAX_MEMORY_SIZE), so a JSON document upload is bounded by it too; larger
+# documents go as a multipart file, which streams to disk (KNOWLEDGE_MAX_UPLOAD_BYTES).
+API_MAX_JSON_BODY_BYTES = env.int("API_MAX_JSON_BODY_BYTES", default=2 * 1024 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_JSON_BODY_BYTES
+# An uploaded file larger than this is streamed to a temporary file, not held in memory.
+FILE_UPLOAD_MAX_MEMORY_SIZE = env.int("FILE_UPLOAD_MAX_MEMORY_SIZE", default=2_621_440)
+
 CELERY_BEAT_SCHEDULE = {
     "flush-usage": {"task": "usage.flush_stream", "schedule": env.float("USAGE_FLUSH_SECONDS", default=2.0)},
     "expire-reservations": {"task": "usage.expire_reservations", "schedule": 30.0},
@@ -288,7 +306,10 @@ KNOWLEDGE_CHUNK_OVERLAP_TOKENS = env.int("KNOWLEDGE_CHUNK_OVERLAP_TOKENS", defau
 # died) and queued again, up to KNOWLEDGE_MAX_ATTEMPTS times.
 KNOWLEDGE_STALE_SECONDS = env.int("KNOWLEDGE_STALE_SECONDS", default=300)
 KNOWLEDGE_MAX_ATTEMPTS = env.int("KNOWLEDGE_MAX_ATTEMPTS", default=3)
-DATA_UPLOAD_MAX_MEMORY_SIZE = KNOWLEDGE_MAX_UPLOAD_BYTES + 1024 * 1024
+# The embedding model reads 256 word pieces (1,000 to 1,500 characters of English) and ignores
+# the rest, so a longer search query changes nothing but its cost.
+KNOWLEDGE_MAX_QUERY_CHARS = env.int("KNOWLEDGE_MAX_QUERY_CHARS", default=4_000)
+KNOWLEDGE_MAX_DOCUMENT_IDS = env.int("KNOWLEDGE_MAX_DOCUMENT_IDS", default=100)
 CELERY_BEAT_SCHEDULE["recover-ingestion"] = {"task": "knowledge.recover_stale", "schedule": 60.0}
 
 # Billing.

@@ -6,11 +6,13 @@ client side of the traffic: whole requests, and streams the client cuts half-way
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -79,19 +81,15 @@ class Processes:
     @staticmethod
     def kill(process: subprocess.Popen) -> None:
         """SIGKILL to the process and its children: nothing runs its cleanup."""
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         process.wait(timeout=30)
 
     def stop_all(self) -> None:
         running = [p for p in self._started if p.poll() is None]
         for process in running:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
         deadline = time.monotonic() + 20
         for process in running:
             try:
@@ -100,10 +98,8 @@ class Processes:
                 self.kill(process)
         # Children a stopped parent left behind (a prefork pool), by their group.
         for process in running:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
     def tail(self, name: str, lines: int = 40) -> str:
         path = self.log_dir / f"{name}.log"
@@ -181,10 +177,12 @@ class Shot:
 
     index: int
     tenant: str
-    kind: str  # generate, stream, rag, rag-stream, embeddings, job
+    kind: str  # generate, stream, stream-full, rag, rag-stream, embeddings, job
     path: str
     body: dict[str, Any]
     at: float  # seconds after the traffic starts
+    # A stream: how many token events the client reads before closing it (None: to the end).
+    cut_after: int | None = 4
 
     @property
     def request_id(self) -> str:
@@ -206,18 +204,25 @@ class Outcome:
     code: str | None = None
     body: dict[str, Any] | None = None
     headers: dict[str, str] = field(default_factory=dict)
-    token_events: int = 0  # events a cut stream delivered before the client closed it
+    token_events: int = 0  # events a stream delivered before the client closed it
     error: str | None = None
 
 
-CUT_AFTER_TOKEN_EVENTS = 4
-
-
-def send(server: str, secret: str, shot: Shot) -> Outcome:
+def send(
+    server: str,
+    secret: str,
+    shot: Shot,
+    *,
+    answered: threading.Event | None = None,
+    cut_when: threading.Event | None = None,
+) -> Outcome:
+    """Sends `shot`. A stream sets `answered` once its status line is in; the client cuts it
+    after `shot.cut_after` token events, or, with `cut_when`, once that is set too (the stream
+    meanwhile fills the socket's buffer)."""
     outcome = Outcome(shot=shot, server=server, sent_at=time.monotonic())
     try:
         if shot.streams:
-            _cut_stream(outcome, secret)
+            _stream(outcome, secret, answered, cut_when)
         else:
             _whole(outcome, secret)
     except Exception as exc:  # the outcome says what went wrong; the test judges it
@@ -264,8 +269,10 @@ def _read_json(outcome: Outcome, raw: bytes) -> None:
         outcome.code = outcome.body["error"].get("code")
 
 
-def _cut_stream(outcome: Outcome, secret: str) -> None:
-    """Reads the status and a few token events, then closes the socket mid-stream."""
+def _stream(
+    outcome: Outcome, secret: str, answered: threading.Event | None, cut_when: threading.Event | None
+) -> None:
+    """Reads the status, then the events: to the end, or a few before closing the socket."""
     shot = outcome.shot
     parsed = urlparse(outcome.server)
     body = json.dumps(shot.body).encode()
@@ -285,22 +292,31 @@ def _cut_stream(outcome: Outcome, secret: str) -> None:
         head, _, rest = received.partition(b"\r\n\r\n")
         status_line, *header_lines = head.decode("latin-1").split("\r\n")
         outcome.status = int(status_line.split(" ", 2)[1])
+        if answered is not None:
+            answered.set()
         for line in header_lines:
             name, _, value = line.partition(":")
             outcome.headers[name.strip().lower()] = value.strip()
-        if outcome.status != 200:
+        chunked = outcome.headers.get("transfer-encoding", "").lower() == "chunked"
+        if outcome.status != 200 or shot.cut_after is None:
             while chunk := sock.recv(65536):  # Connection: close, so the server closes
                 rest += chunk
-            if outcome.headers.get("transfer-encoding", "").lower() == "chunked":
-                rest = _dechunk(rest)
-            _read_json(outcome, rest)
+            rest = _dechunk(rest) if chunked else rest
+            if outcome.status != 200:
+                _read_json(outcome, rest)
+                return
+            outcome.token_events = rest.count(b"event: token")
+            done = rest.rpartition(b"event: done\ndata: ")[2].partition(b"\n\n")[0]
+            _read_json(outcome, done)
             return
-        while rest.count(b"event: token") < CUT_AFTER_TOKEN_EVENTS:
+        while rest.count(b"event: token") < shot.cut_after:
             chunk = sock.recv(65536)
             if not chunk:
                 break
             rest += chunk
         outcome.token_events = rest.count(b"event: token")
+        if cut_when is not None:
+            cut_when.wait(timeout=30)
         if b"event: done" in rest:
             outcome.error = "the stream ended before the client cut it"
 

@@ -234,3 +234,27 @@ def test_concurrent_reservations_never_overspend(ledger) -> None:
     (balance,) = ledger_.balances([budget])
     assert len(admitted) == 33
     assert (balance.used, balance.reserved) == (990, 0)
+
+
+def test_a_hold_grows_when_the_exact_count_exceeds_the_estimate(ledger) -> None:
+    ledger_, _records, _initial = ledger
+    budget = _counter("g", 100)
+    ledger_.reserve(reservation_id="r", counters=[budget], amount=30, record=_record(), ttl_seconds=60)
+    assert ledger_.grow(reservation_id="r", counters=[budget], amount=60, prompt_tokens=20) is None
+    assert ledger_.balances([budget]) == [Balance(used=0, reserved=60)]
+    refused = ledger_.grow(reservation_id="r", counters=[budget], amount=101, prompt_tokens=20)
+    assert refused is not None and refused.balance == Balance(used=0, reserved=60)
+    # An abandoned grown hold is charged what it grew to.
+    ledger_.expire(now=time.time() + 61)
+    assert ledger_.balances([budget]) == [Balance(used=60, reserved=0)]
+
+
+def test_a_cancelled_hold_costs_nothing_and_emits_no_record(ledger) -> None:
+    ledger_, records, _initial = ledger
+    budget = _counter("x", 100)
+    ledger_.reserve(reservation_id="r", counters=[budget], amount=30, record=_record(), ttl_seconds=60)
+    assert ledger_.cancel(reservation_id="r")
+    assert not ledger_.cancel(reservation_id="r")
+    assert ledger_.balances([budget]) == [Balance(used=0, reserved=0)]
+    assert ledger_.settle(reservation_id="r", record_update={}, tokens=5) is None
+    assert _flushed(ledger_, records) == []

@@ -119,6 +119,18 @@ class Ledger(ABC):
         record's next revision. None when it was settled already."""
 
     @abstractmethod
+    def grow(
+        self, *, reservation_id: str, counters: list[Counter], amount: int, prompt_tokens: int
+    ) -> ReserveRefused | None:
+        """Raises the hold to `amount` (when admission's estimate was short of the exact count),
+        on every counter or on none. A hold already that large, or gone, is left as it is."""
+
+    @abstractmethod
+    def cancel(self, *, reservation_id: str) -> bool:
+        """Releases a hold for a request that was refused before any work: no charge, no
+        record. False when it was settled or expired already."""
+
+    @abstractmethod
     def extend(self, *, reservation_ids: Sequence[str], ttl_seconds: int) -> None:
         """Moves the deadlines of these (running) reservations `ttl_seconds` ahead."""
 

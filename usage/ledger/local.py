@@ -143,6 +143,37 @@ class LocalLedger(Ledger):
             self.sink.events(events)
         return Settlement(crossed_threshold=tuple(crossed), late=late)
 
+    def grow(
+        self, *, reservation_id: str, counters: list[Counter], amount: int, prompt_tokens: int
+    ) -> ReserveRefused | None:
+        with self._lock:
+            reservation = self._reservations.get(reservation_id)
+            if reservation is None or amount <= reservation.amount:
+                return None
+            extra = amount - reservation.amount
+            states = [self._counter(c) for c in reservation.counters]
+            for counter, state in zip(reservation.counters, states, strict=True):
+                if state.used + state.reserved + extra > counter.limit:
+                    return ReserveRefused(
+                        counter=counter, balance=Balance(used=state.used, reserved=state.reserved)
+                    )
+            for state in states:
+                state.reserved += extra
+            if reservation.charge_on_expiry == reservation.amount:
+                reservation.charge_on_expiry = amount
+            reservation.amount = amount
+            reservation.prompt_tokens = prompt_tokens
+            return None
+
+    def cancel(self, *, reservation_id: str) -> bool:
+        with self._lock:
+            reservation = self._reservations.pop(reservation_id, None)
+            if reservation is None:
+                return False
+            for counter in reservation.counters:
+                self._counter(counter).reserved -= reservation.amount
+            return True
+
     def extend(self, *, reservation_ids: Sequence[str], ttl_seconds: int) -> None:
         deadline = time.time() + ttl_seconds
         with self._lock:

@@ -170,6 +170,35 @@ return 1
 """
 )
 
+# KEYS: reservation hash. ARGV: amount wanted, prompt tokens
+_GROW = """
+local h = redis.call('HMGET', KEYS[1], 'amount', 'counters', 'expiry_charge')
+if not h[1] then return {'gone'} end
+local amount, want = tonumber(h[1]), tonumber(ARGV[1])
+if want <= amount then return {'ok'} end
+local extra = want - amount
+local counters = cjson.decode(h[2])
+for i, c in ipairs(counters) do
+  local used = tonumber(redis.call('HGET', c[1], 'used') or '0')
+  local reserved = tonumber(redis.call('HGET', c[1], 'reserved') or '0')
+  if used + reserved + extra > tonumber(c[2]) then return {'refused', i, used, reserved} end
+end
+for _, c in ipairs(counters) do redis.call('HINCRBY', c[1], 'reserved', extra) end
+redis.call('HSET', KEYS[1], 'amount', want, 'prompt', ARGV[2])
+if tonumber(h[3] or h[1]) == amount then redis.call('HSET', KEYS[1], 'expiry_charge', want) end
+return {'ok'}
+"""
+
+# KEYS: reservation hash, deadlines zset
+_CANCEL = """
+local h = redis.call('HMGET', KEYS[1], 'amount', 'counters')
+if not h[1] then return 0 end
+for _, c in ipairs(cjson.decode(h[2])) do redis.call('HINCRBY', c[1], 'reserved', -tonumber(h[1])) end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], KEYS[1])
+return 1
+"""
+
 # KEYS: reservation hash, deadlines zset. ARGV: deadline, charge on expiry
 _ADOPT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
@@ -200,6 +229,8 @@ class RedisLedger(Ledger):
         self._settle = client.register_script(_SETTLE)
         self._expire = client.register_script(_EXPIRE)
         self._adopt = client.register_script(_ADOPT)
+        self._grow = client.register_script(_GROW)
+        self._cancel = client.register_script(_CANCEL)
         self._balances = client.register_script(_BALANCES)
 
     def _k(self, name: str) -> str:
@@ -322,6 +353,20 @@ class RedisLedger(Ledger):
         return Settlement(
             crossed_threshold=tuple(x.decode() for x in result[1]), late=result[0] == b"corrected"
         )
+
+    def grow(
+        self, *, reservation_id: str, counters: list[Counter], amount: int, prompt_tokens: int
+    ) -> ReserveRefused | None:
+        result = self._grow(keys=[self._k(f"resv:{reservation_id}")], args=[amount, prompt_tokens])
+        if result[0] != b"refused":
+            return None
+        return ReserveRefused(
+            counter=counters[int(result[1]) - 1],
+            balance=Balance(used=int(result[2]), reserved=int(result[3])),
+        )
+
+    def cancel(self, *, reservation_id: str) -> bool:
+        return bool(self._cancel(keys=[self._k(f"resv:{reservation_id}"), self.deadlines]))
 
     def extend(self, *, reservation_ids: Sequence[str], ttl_seconds: int) -> None:
         if not reservation_ids:

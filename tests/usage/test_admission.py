@@ -1,0 +1,98 @@
+"""Admission happens before the view does any work: rate limits and budgets are decided in the
+middleware chain, on an estimate of the body, and what the view then refuses costs nothing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.conftest import Tenant, assert_error_shape
+from usage.models import UsageRecord
+from usage.services import get_ledger, usage_stream_flush
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _me_budget(tenant: Tenant) -> dict[str, Any]:
+    (budget,) = tenant.client().get("/api/v1/me/").json()["budgets"]
+    return budget
+
+
+@pytest.mark.parametrize(
+    "route, body",
+    [
+        ("/api/v1/generate/", {"prompt": "hi", "max_tokens": 5, "model": "no-such-model"}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "model": "no-such-model"}),
+        ("/api/v1/rag/", {"prompt": "hi", "max_tokens": 5, "model": "no-such-model"}),
+        ("/v1/embeddings", {"input": "hi", "model": "no-such-model"}),
+    ],
+)
+def test_a_caller_over_its_rate_limit_is_refused_before_the_view_looks_at_the_request(
+    alice: Tenant, openai_backend: str, route: str, body: dict[str, Any]
+) -> None:
+    alice.organization.requests_per_minute = 1
+    alice.organization.save()
+    first = alice.client().post(route, body, format="json")
+    assert_error_shape(first, status=404, code="model_not_found")  # the view ran: unknown model
+    second = alice.client().post(route, body, format="json")
+    # Refused by admission: the view never saw the unknown model.
+    assert_error_shape(second, status=429, code="rate_limit_exceeded")
+
+
+def test_a_caller_out_of_budget_is_refused_before_the_view_looks_at_the_request(
+    alice: Tenant, openai_backend: str
+) -> None:
+    alice.organization.token_quota = 10
+    alice.organization.save()
+    response = alice.client().post(
+        "/api/v1/rag/", {"prompt": "hi", "max_tokens": 50, "model": "no-such-model"}, format="json"
+    )
+    assert_error_shape(response, status=429, code="insufficient_quota")
+
+
+def test_what_the_view_refuses_costs_nothing_and_leaves_nothing_held(
+    alice: Tenant, openai_backend: str
+) -> None:
+    alice.organization.token_quota = 1_000
+    alice.organization.save()
+    for body in (
+        {"prompt": "hi", "max_tokens": 5, "model": "no-such-model"},
+        {"prompt": "hi", "max_tokens": 5, "temperature": 9},
+    ):
+        response = alice.client().post("/api/v1/generate/", body, format="json")
+        assert response.status_code in (400, 404)
+        assert (
+            response["x-ratelimit-remaining-requests"] if "x-ratelimit-limit-requests" in response else True
+        )
+    budget = _me_budget(alice)
+    assert (budget["used"], budget["reserved"]) == (0, 0)
+    assert get_ledger().active_reservations() == 0
+    usage_stream_flush()
+    assert not UsageRecord.objects.exists()
+
+
+def test_an_admitted_request_counts_once_against_the_requests_limit(
+    alice: Tenant, openai_backend: str
+) -> None:
+    alice.organization.requests_per_minute = 3
+    alice.organization.save()
+    statuses = [
+        alice.client().post("/api/v1/generate/", {"prompt": "hi", "max_tokens": 2}, format="json").status_code
+        for _ in range(4)
+    ]
+    assert statuses == [200, 200, 200, 429]
+
+
+def test_the_view_gets_the_reservation_admission_made(alice: Tenant, openai_backend: str) -> None:
+    alice.organization.token_quota = 1_000
+    alice.organization.save()
+    response = alice.client().post(
+        "/api/v1/generate/", {"prompt": "one two three", "max_tokens": 4}, format="json"
+    )
+    assert response.status_code == 200
+    usage_stream_flush()
+    (record,) = UsageRecord.objects.all()
+    assert record.reservation_id.startswith("rsv_")
+    assert (record.prompt_tokens, record.completion_tokens) == (3, 4)
+    assert _me_budget(alice)["used"] == 7
