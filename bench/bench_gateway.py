@@ -94,6 +94,14 @@ def _prepare_database(env: dict[str, str]) -> str:
     return secret
 
 
+def _prepare_refused_tenant(env: dict[str, str]) -> str:
+    """A tenant over its limit: one request per minute, so admission refuses (429) all but the
+    first of each minute."""
+    _manage(env, "create_org", "refused")
+    _manage(env, "set_rate_limit", "--org", "refused", "--rpm", "1", "--tpm", "-1")
+    return _manage(env, "create_api_key", "--org", "refused").strip().splitlines()[-1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=15)
@@ -105,6 +113,7 @@ def main() -> None:
     upstream, upstream_url = start_fake_upstream()
     env = _env(upstream_url)
     secret = _prepare_database(env)
+    refused_secret = _prepare_refused_tenant(env)
     port = free_port()
     if args.server == "production":
         command = web_command(port=port, workers=args.workers, threads=args.threads)
@@ -166,6 +175,25 @@ def main() -> None:
                 f"errors {behind.errors} | added p50 {behind.p50_ms - direct.p50_ms:.2f} ms",
                 flush=True,
             )
+        # What a refused request costs: admission answers 429 before the view does any work.
+        refused = wrk(
+            gateway,
+            connections=32,
+            seconds=args.seconds,
+            body=BODY,
+            headers={"Authorization": f"Bearer {refused_secret}"},
+        )
+        cores = os.cpu_count() or 1
+        results["refused_c32"] = {
+            "gateway": refused,
+            "per_core_requests_per_second": round(refused.requests_per_second / cores, 1),
+        }
+        print(
+            f" 32 connections  refused (429): {refused.requests_per_second:8.0f} req/s "
+            f"({refused.requests_per_second / cores:.0f} per core) p50 {refused.p50_ms:6.2f} ms "
+            f"non-2xx {refused.errors}",
+            flush=True,
+        )
         records = _manage(
             env, "shell", "-c", "from usage.models import UsageRecord; print(UsageRecord.objects.count())"
         ).strip()
