@@ -56,6 +56,7 @@ def _env(upstream: str) -> dict[str, str]:
         LLM_BASE_URL=upstream,
         LOG_LEVEL="WARNING",
         DJANGO_SECURE_COOKIES="false",
+        DJANGO_SECURE_SSL_REDIRECT="false",  # plain HTTP on loopback
     )
     return env
 

@@ -49,6 +49,7 @@ def _setup_django() -> None:
         KNOWLEDGE_INDEX_DIR=str(INDEX_DIR),
         LOG_LEVEL="WARNING",
         DJANGO_SECURE_COOKIES="false",
+        DJANGO_SECURE_SSL_REDIRECT="false",  # plain HTTP on loopback
     )
     reset_services(database_url=DATABASE_URL, redis_url="redis://127.0.0.1:6379/3")
     import django

@@ -163,7 +163,7 @@ class EmbeddingsApi(APIView):
 class ModelsApi(APIView):
     required_scope = None
 
-    @extend_schema(tags=["openai"], responses={200: dict})
+    @extend_schema(tags=["openai"], responses={200: dict}, operation_id="v1_models_list")
     def get(self, request: Request) -> Response:
         return Response(
             {

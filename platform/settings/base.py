@@ -9,9 +9,11 @@ from pathlib import Path
 import environ
 from celery.schedules import crontab
 
+from .environment import StrictEnv
+
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
-env = environ.Env()
+env = StrictEnv()
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
@@ -43,7 +45,7 @@ INSTALLED_APPS = [
 ]
 
 # The order is the request pipeline's contract: request id and error shaping wrap everything;
-# then API authentication, rate limiting and token counting, in that order, before the view.
+# then API authentication and admission (token counting, rate limits, budget), before the view.
 MIDDLEWARE = [
     "common.middleware.RequestIDMiddleware",
     "common.middleware.APIErrorMiddleware",
@@ -187,10 +189,23 @@ OAUTH2_PROVIDER = {
         "usage:read": "Read usage reports and billing",
     },
     "ACCESS_TOKEN_EXPIRE_SECONDS": env.int("OAUTH2_ACCESS_TOKEN_SECONDS", default=3600),
-    "PKCE_REQUIRED": False,
     "SCOPES_BACKEND_CLASS": "accounts.oauth.OrganizationScopes",
+    # Only the client-credentials grant is used; everything RFC 9700 (OAuth 2.0 Security BCP)
+    # recommends is enforced, so no other grant or insecure transport is reachable.
+    "PKCE_REQUIRED": True,
+    "REFRESH_TOKEN_REUSE_PROTECTION": True,
+    "ALLOWED_REDIRECT_URI_SCHEMES": ["https"],
+    "COMPLIANT_BCP_RFC9700_IMPLICIT_GRANT": True,
+    "COMPLIANT_BCP_RFC9700_PASSWORD_GRANT": True,
+    "COMPLIANT_BCP_RFC9700_PKCE_METHOD": True,
+    "COMPLIANT_BCP_RFC9700_ACCESS_TOKEN_TRANSPORT": True,
+    "COMPLIANT_BCP_RFC9700_AUTHZ_RESPONSE_ISS": True,
     # Store only a checksum of access tokens, never the tokens themselves.
     "COMPLIANT_BCP_RFC9700_TOKEN_STORAGE": True,
+    "COMPLIANT_BCP_RFC9700_REFRESH_TOKEN": True,
+    "COMPLIANT_BCP_RFC9700_REDIRECT_URI_SCHEME": True,
+    "COMPLIANT_BCP_RFC9700_REDIRECT_URI_MATCHING": True,
+    "COMPLIANT_BCP_RFC9700_PKCE_REQUIRED": True,
 }
 
 OAUTH2_PROVIDER_APPLICATION_MODEL = "oauth2_provider.Application"
