@@ -65,6 +65,14 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         )
         return response
     if isinstance(exc, drf_exceptions.ParseError):
+        request = context.get("request")
+        if request is not None and not str(request.content_type).startswith("application/json"):
+            response.data = error_body(
+                message=f"The request body cannot be parsed: {exc.detail}",
+                type="invalid_request_error",
+                code="invalid_body",
+            )
+            return response
         response.data = error_body(
             message=f"The request body is not valid JSON: {exc.detail}",
             type="invalid_request_error",

@@ -4,9 +4,15 @@ import copy
 from typing import Any
 
 from django.conf import settings
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from inference.services import GenerationSpec
+
+# What the engine, the database's integer columns and OpenAI's own API take: a larger number is
+# the caller's error, not an overflow further down.
+INT32_MAX = 2**31 - 1
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 class LeanSerializer(serializers.Serializer):
@@ -18,15 +24,36 @@ class LeanSerializer(serializers.Serializer):
         return {name: copy.copy(field) for name, field in self._declared_fields.items()}
 
 
+_STOP_STRING = {"type": "string", "minLength": 1, "maxLength": settings.MAX_STOP_CHARS}
+
+
+@extend_schema_field(
+    {
+        "oneOf": [
+            _STOP_STRING,
+            {"type": "array", "items": _STOP_STRING, "maxItems": settings.MAX_STOP_SEQUENCES},
+        ]
+    }
+)
 class StopField(serializers.Field):
-    """A string or a list of at most four non-empty strings, as OpenAI accepts."""
+    """A string or a list of at most MAX_STOP_SEQUENCES (4, as OpenAI) non-empty strings of at
+    most MAX_STOP_CHARS characters each."""
 
     def to_internal_value(self, data: Any) -> tuple[str, ...]:
         values = [data] if isinstance(data, str) else data
-        if not isinstance(values, list) or not all(isinstance(v, str) and v for v in values):
+        if not isinstance(values, list):
             raise serializers.ValidationError("stop must be a non-empty string or a list of them.")
-        if len(values) > 4:
-            raise serializers.ValidationError("At most 4 stop sequences.")
+        if len(values) > settings.MAX_STOP_SEQUENCES:
+            raise serializers.ValidationError(
+                f"At most {settings.MAX_STOP_SEQUENCES} stop sequences.", code="array_above_max_length"
+            )
+        if not all(isinstance(v, str) and v for v in values):
+            raise serializers.ValidationError("stop must be a non-empty string or a list of them.")
+        if any(len(v) > settings.MAX_STOP_CHARS for v in values):
+            raise serializers.ValidationError(
+                f"Each stop sequence has at most {settings.MAX_STOP_CHARS} characters.",
+                code="string_above_max_length",
+            )
         return tuple(values)
 
     def to_representation(self, value: Any) -> Any:
@@ -36,10 +63,10 @@ class StopField(serializers.Field):
 class SamplingSerializer(LeanSerializer):
     temperature = serializers.FloatField(min_value=0.0, max_value=2.0, default=0.7)
     top_p = serializers.FloatField(max_value=1.0, default=1.0)
-    max_tokens = serializers.IntegerField(min_value=1, required=False)
+    max_tokens = serializers.IntegerField(min_value=1, max_value=INT32_MAX, required=False)
     stop = StopField(required=False)
-    seed = serializers.IntegerField(required=False, allow_null=True)
-    model = serializers.CharField(required=False, allow_blank=False)
+    seed = serializers.IntegerField(min_value=INT64_MIN, max_value=INT64_MAX, required=False, allow_null=True)
+    model = serializers.CharField(required=False, allow_blank=False, max_length=256)
     stream = serializers.BooleanField(default=False)
 
     def validate_top_p(self, value: float) -> float:
@@ -51,7 +78,7 @@ class SamplingSerializer(LeanSerializer):
 class GenerateInputSerializer(SamplingSerializer):
     """The design document's request: prompt, temperature, top_p, max_tokens, user_id."""
 
-    prompt = serializers.CharField(trim_whitespace=False)
+    prompt = serializers.CharField(trim_whitespace=False, max_length=settings.MAX_PROMPT_CHARS)
     user_id = serializers.CharField(required=False, max_length=128, allow_blank=False)
     raw = serializers.BooleanField(
         default=False,
@@ -101,14 +128,15 @@ class MessageSerializer(LeanSerializer):
         if isinstance(value, str):
             return value
         if isinstance(value, list):
-            return "".join(
-                p.get("text", "") for p in value if isinstance(p, dict) and p.get("type") == "text"
-            )
+            texts = [p.get("text", "") for p in value if isinstance(p, dict) and p.get("type") == "text"]
+            if not all(isinstance(text, str) for text in texts):
+                raise serializers.ValidationError("The text of a text part must be a string.")
+            return "".join(texts)
         raise serializers.ValidationError("content must be a string or a list of text parts.")
 
 
 class OpenAIInputSerializer(SamplingSerializer):
-    max_completion_tokens = serializers.IntegerField(min_value=1, required=False)
+    max_completion_tokens = serializers.IntegerField(min_value=1, max_value=INT32_MAX, required=False)
     n = serializers.IntegerField(min_value=1, max_value=1, default=1)
     user = serializers.CharField(required=False, max_length=128)
     stream_options = serializers.DictField(required=False, allow_null=True)
@@ -136,7 +164,20 @@ class OpenAIInputSerializer(SamplingSerializer):
 
 
 class ChatCompletionInputSerializer(OpenAIInputSerializer):
-    messages = MessageSerializer(many=True, allow_empty=False)
+    # The count is checked before any message is validated.
+    messages: serializers.ListSerializer[dict[str, Any]] = serializers.ListSerializer(
+        child=MessageSerializer(), allow_empty=False, max_length=settings.MAX_MESSAGES
+    )
+
+    def validate_messages(self, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        total = sum(len(message["content"]) for message in value)
+        if total > settings.MAX_PROMPT_CHARS:
+            raise serializers.ValidationError(
+                f"The messages' contents have {total} characters together; the limit is "
+                f"{settings.MAX_PROMPT_CHARS}.",
+                code="string_above_max_length",
+            )
+        return value
 
     def to_spec(self) -> GenerationSpec:
         messages = tuple(
@@ -146,7 +187,7 @@ class ChatCompletionInputSerializer(OpenAIInputSerializer):
 
 
 class CompletionInputSerializer(OpenAIInputSerializer):
-    prompt = serializers.CharField(trim_whitespace=False)
+    prompt = serializers.CharField(trim_whitespace=False, max_length=settings.MAX_PROMPT_CHARS)
 
     def to_spec(self) -> GenerationSpec:
         return self._spec(prompt=self.validated_data["prompt"])
@@ -154,14 +195,21 @@ class CompletionInputSerializer(OpenAIInputSerializer):
 
 class EmbeddingInputSerializer(serializers.Serializer):
     input = serializers.JSONField()
-    model = serializers.CharField(required=False)
+    model = serializers.CharField(required=False, max_length=256)
     user = serializers.CharField(required=False, max_length=128)
     encoding_format = serializers.ChoiceField(choices=["float", "base64"], default="float")
 
     def validate_input(self, value: Any) -> list[str]:
         texts = [value] if isinstance(value, str) else value
+        if isinstance(texts, list) and len(texts) > 256:
+            raise serializers.ValidationError(
+                "At most 256 inputs per request.", code="array_above_max_length"
+            )
         if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t for t in texts):
             raise serializers.ValidationError("input must be a non-empty string or a list of them.")
-        if len(texts) > 256:
-            raise serializers.ValidationError("At most 256 inputs per request.")
+        if any(len(text) > settings.MAX_PROMPT_CHARS for text in texts):
+            raise serializers.ValidationError(
+                f"Each input has at most {settings.MAX_PROMPT_CHARS} characters.",
+                code="string_above_max_length",
+            )
         return texts

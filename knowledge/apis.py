@@ -33,6 +33,10 @@ from knowledge.serializers import (
 from usage.admission import RouteCost
 
 
+class DocumentPagination(LimitOffsetPagination):
+    max_limit = 100  # a larger `limit` is clamped, not handed to the database to overflow
+
+
 def _document_or_404(request: Request, document_id: int) -> Document:
     document = document_get(organization=auth_context(request).organization, document_id=document_id)
     if document is None:
@@ -47,7 +51,7 @@ class DocumentListCreateApi(APIView):
 
     @extend_schema(tags=["knowledge"], responses=DocumentOutputSerializer(many=True))
     def get(self, request: Request) -> Response:
-        paginator = LimitOffsetPagination()
+        paginator = DocumentPagination()
         page = paginator.paginate_queryset(
             document_list(organization=auth_context(request).organization), request, view=self
         )

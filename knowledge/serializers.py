@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from typing import Any
+
+from django.conf import settings
 from rest_framework import serializers
 
 from inference.serializers import GenerateInputSerializer, GenerateOutputSerializer
@@ -31,12 +34,29 @@ class DocumentTextInputSerializer(serializers.Serializer):
     text = serializers.CharField(trim_whitespace=False)
 
 
+# The largest primary key the database holds (bigint): a larger id would overflow the query.
+BIGINT_MAX = 2**63 - 1
+
+
+class DocumentIdsField(serializers.ListField):
+    """Ids of the caller's documents, at most KNOWLEDGE_MAX_DOCUMENT_IDS. The length is checked
+    before any id is validated, so a long list is refused before it costs its items' work."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("child", serializers.IntegerField(min_value=1, max_value=BIGINT_MAX))
+        kwargs.setdefault("max_length", settings.KNOWLEDGE_MAX_DOCUMENT_IDS)
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data: Any) -> list[Any]:
+        if self.max_length is not None and isinstance(data, list) and len(data) > self.max_length:
+            self.fail("max_length", max_length=self.max_length)
+        return super().to_internal_value(data)
+
+
 class SearchInputSerializer(serializers.Serializer):
-    query = serializers.CharField()
+    query = serializers.CharField(max_length=settings.KNOWLEDGE_MAX_QUERY_CHARS)
     top_k = serializers.IntegerField(min_value=1, max_value=50, default=5)
-    document_ids = serializers.ListField(
-        child=serializers.IntegerField(min_value=1), required=False, max_length=1000
-    )
+    document_ids = DocumentIdsField(required=False)
     min_score = serializers.FloatField(min_value=-1.0, max_value=1.0, required=False)
 
 
@@ -51,9 +71,7 @@ class SourceSerializer(serializers.Serializer):
 
 class RagInputSerializer(GenerateInputSerializer):
     top_k = serializers.IntegerField(min_value=1, max_value=20, default=4)
-    document_ids = serializers.ListField(
-        child=serializers.IntegerField(min_value=1), required=False, max_length=1000
-    )
+    document_ids = DocumentIdsField(required=False)
 
 
 class RagOutputSerializer(GenerateOutputSerializer):

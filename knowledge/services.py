@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 from django.conf import settings
+from django.core.files.uploadedfile import UploadedFile
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -46,6 +47,48 @@ class UploadOutcome:
     duplicate: bool
 
 
+# What a multipart body adds to its file: boundaries, part headers and a title, a few hundred
+# bytes. A body declaring more than the upload limit plus this cannot hold an acceptable file.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+
+
+def _document_too_large(size: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"The document is {size} bytes; the limit is {settings.KNOWLEDGE_MAX_UPLOAD_BYTES}.", param="file"
+    )
+
+
+def upload_declared_size_check(*, declared_bytes: int) -> None:
+    """Refuses, before a byte of its body is read, an upload request whose declared length
+    (Content-Length) cannot hold a document within KNOWLEDGE_MAX_UPLOAD_BYTES."""
+    limit = settings.KNOWLEDGE_MAX_UPLOAD_BYTES
+    if declared_bytes > limit + MULTIPART_OVERHEAD_BYTES:
+        raise PayloadTooLarge(
+            f"The request declares {declared_bytes} bytes; a document is at most {limit}.", param="file"
+        )
+
+
+def document_upload_file(
+    *, organization: Organization, upload: UploadedFile, title: str | None
+) -> UploadOutcome:
+    """document_upload for a multipart file. Django has streamed it to its upload handler (in
+    memory up to FILE_UPLOAD_MAX_MEMORY_SIZE, a temporary file beyond) and measured it: a file
+    over the limit is refused before it is read into memory, and the read stops at the limit."""
+    limit = settings.KNOWLEDGE_MAX_UPLOAD_BYTES
+    if upload.size is not None and upload.size > limit:
+        raise _document_too_large(upload.size)
+    data = upload.read(limit + 1)
+    if len(data) > limit:
+        raise _document_too_large(upload.size or len(data))
+    return document_upload(
+        organization=organization,
+        data=data,
+        filename=upload.name or "upload",
+        content_type=upload.content_type,
+        title=title,
+    )
+
+
 def document_upload(
     *, organization: Organization, data: bytes, filename: str, content_type: str | None, title: str | None
 ) -> UploadOutcome:
@@ -54,10 +97,7 @@ def document_upload(
     if not data.strip():
         raise APIError("The document is empty.", param="file", code="empty_document")
     if len(data) > settings.KNOWLEDGE_MAX_UPLOAD_BYTES:
-        raise PayloadTooLarge(
-            f"The document is {len(data)} bytes; the limit is {settings.KNOWLEDGE_MAX_UPLOAD_BYTES}.",
-            param="file",
-        )
+        raise _document_too_large(len(data))
     try:
         document_format = sniff_format(data=data, filename=filename, content_type=content_type)
     except UnsupportedFormat as exc:

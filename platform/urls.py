@@ -27,5 +27,6 @@ urlpatterns = [
     path("metrics", common_apis.metrics, name="metrics"),
 ]
 
+handler400 = "common.errors.handler400"
 handler404 = "common.errors.handler404"
 handler500 = "common.errors.handler500"
