@@ -14,8 +14,10 @@ from django.core.cache import cache
 from rest_framework.test import APIClient
 
 from accounts import services as account_services
+from accounts.context import AuthContext
 from accounts.keycache import local_key_cache
 from accounts.models import APIKey, Membership, Organization, User
+from accounts.selectors import api_key_resolve
 from accounts.services import api_key_create, membership_create, organization_create, user_create
 
 # The benchmarks start their servers with the same helpers.
@@ -55,6 +57,19 @@ class Tenant:
         client = APIClient()
         client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret or self.secret}")
         return client
+
+    def context(self) -> AuthContext:
+        """What authentication resolves for the tenant's key."""
+        resolved = api_key_resolve(prefix=self.api_key.prefix)
+        assert resolved is not None
+        return AuthContext(
+            organization=resolved.organization,
+            scopes=frozenset(),
+            method="api_key",
+            api_key=resolved.api_key,
+            user=resolved.user,
+            membership=resolved.membership,
+        )
 
 
 def get_status(url: str, secret: str) -> int:

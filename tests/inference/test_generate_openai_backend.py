@@ -84,8 +84,6 @@ def test_unknown_model_is_404_model_not_found(alice: Tenant, openai_backend: str
 
 
 def test_upstream_failure_is_502_and_not_billed(alice: Tenant, openai_backend: str) -> None:
-    from accounts.context import AuthContext
-    from accounts.selectors import api_key_resolve
     from usage.services import budget_views
 
     alice.organization.token_quota = 1000
@@ -94,15 +92,7 @@ def test_upstream_failure_is_502_and_not_billed(alice: Tenant, openai_backend: s
         "/api/v1/generate/", {"prompt": "FAIL_500 now", "max_tokens": 5}, format="json"
     )
     assert_error_shape(response, status=502, code="upstream_error")
-    resolved = api_key_resolve(prefix=alice.api_key.prefix)
-    context = AuthContext(
-        organization=resolved.organization,
-        scopes=frozenset(),
-        method="api_key",
-        api_key=resolved.api_key,
-        user=resolved.user,
-        membership=resolved.membership,
-    )
+    context = alice.context()
     (org_budget,) = budget_views(context=context)
     assert (org_budget.used, org_budget.reserved) == (0, 0)
 

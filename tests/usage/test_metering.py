@@ -13,9 +13,7 @@ from django.conf import settings
 from django.core.management import CommandError, call_command
 from django.db.models import ProtectedError, Sum
 
-from accounts.context import AuthContext
 from accounts.models import APIKey, Organization
-from accounts.selectors import api_key_resolve
 from inference.models import GenerationJob
 from inference.services import job_run
 from tests.conftest import Tenant, assert_error_shape
@@ -29,19 +27,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 needs_redis = pytest.mark.skipif(
     not settings.REDIS_URL, reason="the settlement stream is Redis's (CI sets it)"
 )
-
-
-def _context(tenant: Tenant) -> AuthContext:
-    resolved = api_key_resolve(prefix=tenant.api_key.prefix)
-    assert resolved is not None
-    return AuthContext(
-        organization=resolved.organization,
-        scopes=frozenset(),
-        method="api_key",
-        api_key=resolved.api_key,
-        user=resolved.user,
-        membership=resolved.membership,
-    )
 
 
 def _charged(tenant: Tenant) -> int:
@@ -274,7 +259,7 @@ def test_an_abandoned_reservation_is_charged_what_it_held_and_corrected_when_it_
 ) -> None:
     alice.organization.token_quota = 1000
     alice.organization.save()
-    context = _context(alice)
+    context = alice.context()
     reservation = usage_services.quota_reserve(
         context=context,
         end_user=None,
@@ -339,7 +324,7 @@ def test_a_job_over_budget_is_refused_when_it_is_queued(alice: Tenant, openai_ba
 def test_a_queued_job_holds_its_budget_until_a_worker_runs_it(alice: Tenant, openai_backend: str) -> None:
     alice.organization.token_quota = 100
     alice.organization.save()
-    context = _context(alice)
+    context = alice.context()
     # No worker runs in this test: the job waits in the broker's queue, as when all are busy.
     response = alice.client().post("/api/v1/jobs/", {"prompt": "later", "max_tokens": 60}, format="json")
     assert response.status_code == 202
@@ -363,7 +348,7 @@ def test_a_queued_job_holds_its_budget_until_a_worker_runs_it(alice: Tenant, ope
 def test_a_queued_job_whose_hold_expired_unstarted_costs_nothing(alice: Tenant, openai_backend: str) -> None:
     alice.organization.token_quota = 1000
     alice.organization.save()
-    context = _context(alice)
+    context = alice.context()
     usage_services.quota_reserve(
         context=context,
         end_user=None,
@@ -439,7 +424,7 @@ def test_a_server_killed_mid_response_is_charged_what_it_reserved(alice: Tenant,
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait(timeout=30)
-    context = _context(alice)
+    context = alice.context()
     (budget,) = budget_views(context=context)
     held = budget.reserved
     assert held > 50 and budget.used == 0

@@ -17,8 +17,6 @@ from django.conf import settings
 from django.db.models import F, Sum
 from django_ratelimit.core import _get_window
 
-from accounts.context import AuthContext
-from accounts.selectors import api_key_resolve
 from tests.conftest import Tenant, get_status
 from usage.models import UsageRecord
 from usage.services import budget_views, usage_stream_flush
@@ -53,19 +51,6 @@ def _client_process(url: str, secret: str, count: int) -> list[tuple[int, str | 
     return [(status, payload.get("error", {}).get("code")) for status, payload in results]
 
 
-def _context(tenant: Tenant) -> AuthContext:
-    resolved = api_key_resolve(prefix=tenant.api_key.prefix)
-    assert resolved is not None
-    return AuthContext(
-        organization=resolved.organization,
-        scopes=frozenset(),
-        method="api_key",
-        api_key=resolved.api_key,
-        user=resolved.user,
-        membership=resolved.membership,
-    )
-
-
 def test_concurrent_requests_from_several_processes_never_overspend_and_leave_nothing_reserved(
     alice: Tenant, openai_backend: str, start_web_server: Any
 ) -> None:
@@ -87,14 +72,14 @@ def test_concurrent_requests_from_several_processes_never_overspend_and_leave_no
 
     # A response is charged when the server has sent it: wait for the last ones to settle.
     deadline = time.monotonic() + 10
-    while budget_views(context=_context(alice))[0].reserved and time.monotonic() < deadline:
+    while budget_views(context=alice.context())[0].reserved and time.monotonic() < deadline:
         time.sleep(0.05)
     usage_stream_flush()
     charged = UsageRecord.objects.filter(organization=alice.organization).aggregate(
         total=Sum(F("prompt_tokens") + F("completion_tokens"))
     )["total"]
     assert UsageRecord.objects.filter(organization=alice.organization, status="ok").count() == admitted
-    (budget,) = budget_views(context=_context(alice))
+    (budget,) = budget_views(context=alice.context())
     assert charged <= 600
     assert budget.used == charged
     assert budget.reserved == 0
