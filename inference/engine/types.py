@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
 class SamplingParams:
-    temperature: float = 0.7  # 0 => greedy
+    temperature: float = 0.7  # below 1e-5 (sampling.GREEDY_BELOW_TEMPERATURE) => greedy
     top_p: float = 1.0
     max_tokens: int = 256
     stop: tuple[str, ...] = ()
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise ValueError("temperature must be >= 0")
+        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
+            raise ValueError("temperature must be a finite number >= 0")
         if not 0 < self.top_p <= 1:
             raise ValueError("top_p must be in (0, 1]")
         if self.max_tokens < 1:
@@ -80,6 +81,11 @@ class ModelNotFound(ModelLoadError):
 
 class EngineUnavailable(EngineError):
     """The model is still loading after the wait budget, or its loading failed."""
+
+
+class GenerationFailed(EngineError):
+    """One request's generation failed inside a batch (its sampling raised, or the model's scores
+    for it were NaN); the other requests of the batch went on."""
 
 
 class UpstreamError(EngineError):

@@ -8,6 +8,8 @@ import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
     GenerationConfig,
     LlamaConfig,
     LlamaForCausalLM,
@@ -83,6 +85,20 @@ def build_tiny_model(
     model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=0, **(generation_defaults or {}))
     model.save_pretrained(path)
     return path
+
+
+def poison_token_embeddings(source: Path, dest: Path, *, token_ids: list[int]) -> Path:
+    """A copy of the model at `source` whose input embeddings of `token_ids` are NaN: any request
+    that feeds one of those tokens gets NaN scores from then on, as from a half-precision model
+    that overflowed on its input, while the other rows of its batch are untouched (the output
+    layer is not tied to the embeddings)."""
+    model = AutoModelForCausalLM.from_pretrained(source)
+    assert not model.config.tie_word_embeddings
+    with torch.no_grad():
+        model.get_input_embeddings().weight[token_ids] = float("nan")
+    model.save_pretrained(dest)
+    AutoTokenizer.from_pretrained(source).save_pretrained(dest)
+    return dest
 
 
 def wait_until(predicate: Callable[[], bool], *, timeout: float = 10.0) -> bool:

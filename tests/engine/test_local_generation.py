@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import shutil
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import torch
@@ -18,6 +20,8 @@ from inference.engine import (
 )
 from tests.engine.conftest import CONTEXT_LENGTH, tiny_config, wait_until
 
+T = TypeVar("T")
+
 PROMPTS = [
     "the quick brown fox",
     "hello",
@@ -30,8 +34,8 @@ def make_request(prompt: str, **params: object) -> GenerationRequest:
     return GenerationRequest(prompt=prompt, params=SamplingParams(**params))  # type: ignore[arg-type]
 
 
-def run_concurrently(calls: Sequence[Callable[..., GenerationResult]]) -> list[GenerationResult]:
-    results: list[GenerationResult | None] = [None] * len(calls)
+def run_concurrently(calls: Sequence[Callable[[], T]]) -> list[T]:
+    results: list[T | None] = [None] * len(calls)
     barrier = threading.Barrier(len(calls))
 
     def run(index: int) -> None:
@@ -309,3 +313,87 @@ def test_scheduler_error_fails_the_batch_and_keeps_serving(
     with pytest.raises(RuntimeError, match="device fell over"):
         handler.generate(make_request("hello", max_tokens=5))
     assert handler.generate(make_request("hello", max_tokens=5)).completion_tokens == 5
+
+
+def test_a_slow_tokenization_holds_up_no_other_request(
+    handler: LLMHandler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    expected = handler.generate(make_request("hello", temperature=0, max_tokens=6))
+    backend = handler._backend
+    assert backend is not None
+    tokenizer = backend._tokenizer  # type: ignore[attr-defined]
+    slow_text = "a prompt that takes its time to tokenize"
+    inside, release = threading.Event(), threading.Event()
+    real_encode = tokenizer.encode
+
+    def encode(text: str, **kwargs: object) -> list[int]:
+        if text == slow_text:
+            inside.set()
+            release.wait(timeout=60)
+        return list(real_encode(text, **kwargs))
+
+    monkeypatch.setattr(tokenizer, "encode", encode)
+    slow = threading.Thread(target=handler.count_tokens, args=(slow_text,))
+    slow.start()
+    try:
+        assert inside.wait(timeout=10)
+        others: list[GenerationResult] = []
+        other = threading.Thread(
+            target=lambda: others.append(handler.generate(make_request("hello", temperature=0, max_tokens=6)))
+        )
+        other.start()
+        # Behind a lock shared by every tokenization, the prompt and the scheduler's decoding of
+        # each token would both wait for the slow tokenization.
+        other.join(timeout=30)
+        assert others == [expected]
+    finally:
+        release.set()
+        slow.join(timeout=30)
+
+
+def test_a_tokenizer_saved_with_truncation_and_padding_is_shared_safely(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Every thread uses the one tokenizer without a lock, which is safe only while no call
+    changes its truncation or padding (a change racing an encode raises "Already borrowed"):
+    loading leaves it in the state that every call asks for, before any request can reach it."""
+    model_dir = Path(shutil.copytree(tiny_model_dir, tmp_path / "tiny-truncating"))
+    saved = AutoTokenizer.from_pretrained(model_dir)
+    saved.backend_tokenizer.enable_truncation(4)
+    saved.backend_tokenizer.enable_padding(length=16, pad_id=0, pad_token="<|endoftext|>")
+    saved.save_pretrained(model_dir)
+    texts = [" ".join(PROMPTS[: 1 + i % 4]) * (1 + i) for i in range(32)]
+    expected = [len(saved.encode(t, add_special_tokens=False)) for t in texts]
+    llm = LLMHandler(tiny_config(model_dir))
+    llm.warm_up()
+    assert wait_until(lambda: llm.status().state == "ready")
+    backend = llm._backend
+    assert backend is not None
+    shared = backend._tokenizer.backend_tokenizer  # type: ignore[attr-defined]
+
+    assert (shared.truncation, shared.padding) == (None, None)
+    with llm.stream(make_request("hello", temperature=0, max_tokens=200)) as stream:
+        counts = run_concurrently([lambda t=t: llm.count_tokens(t) for t in texts])
+        assert isinstance(next(stream), StreamChunk)
+    assert counts == expected
+    llm.shutdown()
+
+
+def test_a_long_stop_string_that_never_occurs_changes_nothing(handler: LLMHandler) -> None:
+    request = make_request("once upon a time", temperature=0.9, seed=4, max_tokens=60)
+    stop = "once upon a time " * 3000
+
+    without = handler.generate(request)
+    with handler.stream(
+        make_request("once upon a time", temperature=0.9, seed=4, max_tokens=60, stop=(stop, "\x00" * 50_000))
+    ) as stream:
+        events = list(stream)
+
+    *chunks, result = events
+    assert isinstance(result, GenerationResult)
+    assert (result.text, result.finish_reason, result.completion_tokens) == (
+        without.text,
+        without.finish_reason,
+        without.completion_tokens,
+    )
+    assert "".join(c.text for c in chunks if isinstance(c, StreamChunk)) == without.text
