@@ -20,6 +20,7 @@ from inference.engine import (
     ContextLengthExceeded,
     EngineConfig,
     EngineUnavailable,
+    GenerationFailed,
     GenerationRequest,
     GenerationResult,
     LLMHandler,
@@ -86,12 +87,19 @@ def parse_request(body: dict[str, Any], *, chat: bool) -> GenerationRequest:
     top_p = _number(body, "top_p", 1.0, 0.0, 1.0)
     if top_p == 0:
         raise BadRequest("top_p must be greater than 0.", "top_p")
+    seed = body.get("seed")
+    if seed is not None and (
+        not isinstance(seed, int) or isinstance(seed, bool) or not -(2**63) <= seed < 2**63
+    ):
+        raise BadRequest("seed must be a 64-bit integer.", "seed")
+    if not all(isinstance(s, str) for s in stop) or len(stop) > 4 or any(len(s) > 64 for s in stop):
+        raise BadRequest("stop must be at most 4 strings of at most 64 characters.", "stop")
     params = SamplingParams(
         temperature=_number(body, "temperature", 0.7, 0.0, 2.0),
         top_p=top_p,
         max_tokens=max_tokens,
         stop=stop,
-        seed=body.get("seed"),
+        seed=seed,
     )
     if chat:
         messages = body.get("messages")
@@ -139,6 +147,10 @@ class InferenceServer:
         except EngineUnavailable as exc:
             return self._json(
                 start_response, *_error(503, str(exc), type="service_unavailable", code="model_unavailable")
+            )
+        except GenerationFailed as exc:
+            return self._json(
+                start_response, *_error(500, str(exc), type="server_error", code="generation_failed")
             )
 
     def _complete(

@@ -23,6 +23,7 @@ from inference.engine import (
     ContextLengthExceeded,
     EngineConfig,
     EngineUnavailable,
+    GenerationFailed,
     GenerationRequest,
     GenerationResult,
     LLMHandler,
@@ -32,7 +33,7 @@ from inference.engine import (
 )
 from inference.engine.embeddings import Embedder, default_embedding_model_path
 from inference.models import GenerationJob
-from usage.services import Reservation, quota_reserve, reservation_adopt, reservation_refund
+from usage.services import Reservation, quota_hold, quota_reserve, reservation_adopt, reservation_refund
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,15 @@ logger = logging.getLogger(__name__)
 class ModelNotFoundError(APIError):
     status = 404
     code = "model_not_found"
+
+
+class GenerationFailedError(APIError):
+    """One request the model could not complete (its scores overflowed); the others in its
+    batch were not affected."""
+
+    status = 500
+    type = "server_error"
+    code = "generation_failed"
 
 
 class UpstreamFailed(APIError):
@@ -194,6 +204,8 @@ def _engine_errors_as_api_errors(exc: Exception) -> APIError:
         return APIError(str(exc), param="max_tokens", code="context_length_exceeded")
     if isinstance(exc, UpstreamError):
         return UpstreamFailed(f"The upstream model server failed: {exc}")
+    if isinstance(exc, GenerationFailed):
+        return GenerationFailedError(f"The model failed on this request: {exc}")
     raise exc
 
 
@@ -229,35 +241,6 @@ def _check(*, spec: GenerationSpec, request_id: str) -> _Checked:
     return _Checked(handler=handler, served=served, request=request, prompt_tokens=prompt_tokens)
 
 
-def _hold(
-    *,
-    admitted: Reservation | None,
-    context: AuthContext,
-    end_user: str | None,
-    endpoint: str,
-    model: str,
-    request_id: str,
-    amount: int,
-    prompt_tokens: int,
-    queued_for_seconds: int | None = None,
-) -> Reservation:
-    """The budget held for this work: admission's reservation, grown to the exact count when
-    its estimate was short, and claimed; outside the API pipeline (a worker), a new one."""
-    if admitted is not None:
-        admitted.ensure(amount=amount, prompt_tokens=prompt_tokens)
-        return admitted.claim()
-    return quota_reserve(
-        context=context,
-        end_user=end_user,
-        endpoint=endpoint,
-        model=model,
-        request_id=request_id,
-        amount=amount,
-        prompt_tokens=prompt_tokens,
-        queued_for_seconds=queued_for_seconds,
-    )
-
-
 def _admit(
     *,
     context: AuthContext,
@@ -267,7 +250,7 @@ def _admit(
     admitted: Reservation | None,
 ) -> tuple[LLMHandler, GenerationRequest, Reservation]:
     checked = _check(spec=spec, request_id=request_id)
-    reservation = _hold(
+    reservation = quota_hold(
         admitted=admitted,
         context=context,
         end_user=spec.end_user,
@@ -415,7 +398,7 @@ def embeddings_create(
 ) -> EmbeddingOutcome:
     embedder = embedder_get()
     tokens = sum(embedder.count_tokens(text) for text in texts)
-    reservation = _hold(
+    reservation = quota_hold(
         admitted=admitted,
         context=context,
         end_user=end_user,
@@ -444,7 +427,7 @@ def job_create(
     held for as long as the job may wait for a worker (`JOB_MAX_WAIT_SECONDS`)."""
     checked = _check(spec=spec, request_id=request_id)
     amount = checked.prompt_tokens + spec.max_tokens
-    reservation = _hold(
+    reservation = quota_hold(
         admitted=admitted,
         context=context,
         end_user=spec.end_user,

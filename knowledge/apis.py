@@ -17,7 +17,13 @@ from common.errors import NotFound
 from common.parsers import declared_content_length
 from common.request_notes import request_notes
 from inference import openai_format
-from inference.services import GenerationSession, generation_run, generation_stream_open, model_name
+from inference.services import (
+    GenerationSession,
+    embedding_model_name,
+    generation_run,
+    generation_stream_open,
+    model_name,
+)
 from inference.streaming import generate_events, sse_response
 from knowledge import services
 from knowledge.models import Document
@@ -31,6 +37,7 @@ from knowledge.serializers import (
     SourceSerializer,
 )
 from usage.admission import RouteCost
+from usage.tokens import TokenEstimate, count_text
 
 
 class DocumentPagination(LimitOffsetPagination):
@@ -137,8 +144,15 @@ class DocumentRetryApi(APIView):
         return Response(DocumentOutputSerializer(document).data, status=202)
 
 
+def _query_estimate(body: dict[str, Any]) -> TokenEstimate | None:
+    query = body.get("query")
+    return TokenEstimate(prompt_tokens=count_text(query), max_tokens=0) if isinstance(query, str) else None
+
+
 class SearchApi(APIView):
     required_scope = DOCUMENTS_READ
+    # Metered as embeddings are: the query's tokens, admitted before it is embedded.
+    cost = RouteCost(endpoint="search", estimate=_query_estimate, model=embedding_model_name)
 
     @extend_schema(
         tags=["knowledge"],
@@ -149,12 +163,15 @@ class SearchApi(APIView):
         serializer = SearchInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        hits = services.search(
-            organization=auth_context(request).organization,
+        notes = request_notes(request)
+        hits = services.search_metered(
+            context=auth_context(request),
             query=data["query"],
             top_k=data["top_k"],
             document_ids=data.get("document_ids"),
             min_score=data.get("min_score"),
+            request_id=notes.request_id,
+            admitted=notes.reservation,
         )
         return Response({"object": "list", "data": SourceSerializer(hits, many=True).data})
 

@@ -17,13 +17,14 @@ from django.utils import timezone
 from accounts.context import AuthContext
 from accounts.models import Organization
 from common.errors import APIError
-from inference.services import GenerationSpec, embedder_get
+from inference.services import GenerationSpec, embedder_get, embedding_model_name
 from knowledge.indexes import index_rebuild, index_store, org_key
 from knowledge.lib.chunking import chunk_embedding_text, chunk_text
 from knowledge.lib.index import IndexStoreError
 from knowledge.lib.parsing import DocumentError, UnsupportedFormat, extract_text, sniff_format
 from knowledge.models import Chunk, Document
 from knowledge.selectors import chunk_ids_of_documents, chunks_by_ids, indexed_document_count
+from usage.services import Reservation, quota_hold
 
 logger = logging.getLogger(__name__)
 
@@ -386,6 +387,44 @@ class RagContext:
     spec: GenerationSpec
     sources: list[SearchHit]
     note: str | None
+
+
+def search_metered(
+    *,
+    context: AuthContext,
+    query: str,
+    top_k: int,
+    document_ids: list[int] | None,
+    min_score: float | None,
+    request_id: str,
+    admitted: Reservation | None,
+) -> list[SearchHit]:
+    """`search` for the API: the query's embedding is charged as embeddings are (its tokens, at
+    the embedding model), on the budget admission held."""
+    tokens = embedder_get().count_tokens(query)
+    reservation = quota_hold(
+        admitted=admitted,
+        context=context,
+        end_user=None,
+        endpoint="search",
+        model=embedding_model_name(),
+        request_id=request_id,
+        amount=tokens,
+        prompt_tokens=tokens,
+    )
+    try:
+        hits = search(
+            organization=context.organization,
+            query=query,
+            top_k=top_k,
+            document_ids=document_ids,
+            min_score=min_score,
+        )
+    except BaseException:
+        reservation.release(status="error")
+        raise
+    reservation.settle(prompt_tokens=tokens, completion_tokens=0)
+    return hits
 
 
 def rag_retrieve(

@@ -42,7 +42,7 @@ def _json_body(request: HttpRequest) -> dict[str, Any] | None:
         return None
     try:
         body = json.loads(request.body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None  # the view answers it with a 400
     return body if isinstance(body, dict) else None
 

@@ -351,6 +351,36 @@ def _quota_exceeded(refused: ReserveRefused, amount: int) -> QuotaExceeded:
     )
 
 
+def quota_hold(
+    *,
+    admitted: Reservation | None,
+    context: AuthContext,
+    end_user: str | None,
+    endpoint: str,
+    model: str,
+    request_id: str,
+    amount: int,
+    prompt_tokens: int,
+    queued_for_seconds: int | None = None,
+) -> Reservation:
+    """The budget held for a piece of work: admission's reservation (`admitted`), grown to the
+    exact count when its estimate was short, and claimed; outside the API pipeline (a worker,
+    a command), a new one."""
+    if admitted is not None:
+        admitted.ensure(amount=amount, prompt_tokens=prompt_tokens)
+        return admitted.claim()
+    return quota_reserve(
+        context=context,
+        end_user=end_user,
+        endpoint=endpoint,
+        model=model,
+        request_id=request_id,
+        amount=amount,
+        prompt_tokens=prompt_tokens,
+        queued_for_seconds=queued_for_seconds,
+    )
+
+
 def reservation_refund(*, reservation_id: str) -> bool:
     """Corrects what an expired reservation was charged to nothing (its work was lost and
     delivered nothing); its record becomes a failed one with no tokens. False when there is

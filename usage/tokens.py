@@ -4,7 +4,6 @@ from the serving model's own count."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,8 +11,11 @@ from django.conf import settings
 
 from inference.engine.tokens import tiktoken_encoding
 
-# Chat formats add a few tokens around every message (role markers, separators).
-_TOKENS_PER_MESSAGE = 4
+# OpenAI's published accounting for chat models, as the openai backend counts (so that its
+# exact count never exceeds admission's estimate): 3 tokens around every message besides its
+# role and content, and 3 that prime the reply.
+_TOKENS_PER_MESSAGE = 3
+_TOKENS_TO_PRIME_REPLY = 3
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,9 @@ def _content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):  # OpenAI content parts
-        return " ".join(part.get("text", "") for part in content if isinstance(part, dict))
+        return " ".join(
+            part["text"] for part in content if isinstance(part, dict) and isinstance(part.get("text"), str)
+        )
     return ""
 
 
@@ -52,9 +56,12 @@ def estimate_body(body: dict[str, Any]) -> TokenEstimate | None:
         found = True
     messages = body.get("messages")
     if isinstance(messages, list):
+        prompt_tokens += _TOKENS_TO_PRIME_REPLY
         for message in messages:
             if isinstance(message, dict):
+                role = message.get("role")
                 prompt_tokens += _TOKENS_PER_MESSAGE + count_text(_content_text(message.get("content")))
+                prompt_tokens += count_text(role) if isinstance(role, str) else 0
         found = True
     text_input = body.get("input")
     if isinstance(text_input, str):
@@ -66,14 +73,8 @@ def estimate_body(body: dict[str, Any]) -> TokenEstimate | None:
     if not found:
         return None
     max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 0:
+    if max_tokens is None:
         max_tokens = settings.DEFAULT_MAX_TOKENS if "input" not in body else 0
+    elif not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not 0 <= max_tokens < 2**31:
+        return None  # not a request the view will take: its 400 answers it, not a limit
     return TokenEstimate(prompt_tokens=prompt_tokens, max_tokens=max_tokens)
-
-
-def estimate_request_body(raw: bytes) -> TokenEstimate | None:
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return None  # the view answers the invalid JSON with a 400
-    return estimate_body(body) if isinstance(body, dict) else None

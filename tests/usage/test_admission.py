@@ -96,3 +96,41 @@ def test_the_view_gets_the_reservation_admission_made(alice: Tenant, openai_back
     assert record.reservation_id.startswith("rsv_")
     assert (record.prompt_tokens, record.completion_tokens) == (3, 4)
     assert _me_budget(alice)["used"] == 7
+
+
+def test_a_search_is_metered_and_admitted_before_its_query_is_embedded(alice: Tenant) -> None:
+    alice.organization.requests_per_minute = 2
+    alice.organization.save()
+    search = {"query": "how do I run the tests", "top_k": 3}
+    assert alice.client().post("/api/v1/search/", search, format="json").status_code == 200
+    # Bad input after admission: the view refuses it, and it costs nothing.
+    assert alice.client().post("/api/v1/search/", {**search, "top_k": 0}, format="json").status_code == 400
+    assert_error_shape(
+        alice.client().post("/api/v1/search/", search, format="json"), status=429, code="rate_limit_exceeded"
+    )
+    usage_stream_flush()
+    (record,) = UsageRecord.objects.all()
+    assert (record.endpoint, record.model, record.completion_tokens) == ("search", "all-MiniLM-L6-v2", 0)
+    assert record.prompt_tokens > 0
+
+
+@pytest.mark.parametrize(
+    "route, raw",
+    [
+        ("/api/v1/generate/", b"[" * 100_000 + b"]" * 100_000),
+        (
+            "/v1/chat/completions",
+            b'{"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}',
+        ),
+        ("/api/v1/generate/", b'{"prompt": "hi", "max_tokens": 1000000000000000000000000000000}'),
+        ("/api/v1/generate/", b'{"prompt": "hi", "max_tokens": "many"}'),
+    ],
+)
+def test_a_body_admission_cannot_estimate_is_the_views_400_not_a_500_or_a_429(
+    alice: Tenant, openai_backend: str, route: str, raw: bytes
+) -> None:
+    alice.organization.tokens_per_minute = 1_000
+    alice.organization.save()
+    response = alice.client().post(route, raw, content_type="application/json")
+    assert_error_shape(response, status=400)
+    assert get_ledger().active_reservations() == 0
