@@ -12,6 +12,7 @@ from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
 
 from common.errors import RequestTooLarge
+from common.request_notes import request_notes
 
 
 def declared_content_length(meta: Mapping[str, Any]) -> int:
@@ -27,7 +28,8 @@ def _too_large(limit: int) -> RequestTooLarge:
 
 
 class BoundedJSONParser(JSONParser):
-    """DRF's JSONParser reads the whole stream whatever its length. A request whose body the
+    """The body admission parsed already is taken as it is. DRF's JSONParser reads the whole
+    stream whatever its length. A request whose body the
     middlewares did not read (Django bounds `request.body` by DATA_UPLOAD_MAX_MEMORY_SIZE) is
     bounded here by the same API_MAX_JSON_BODY_BYTES, and nesting too deep for Python's decoder
     is a 400 instead of a RecursionError."""
@@ -35,6 +37,10 @@ class BoundedJSONParser(JSONParser):
     def parse(self, stream: IO[Any] | None, media_type: str | None = None, parser_context: Any = None) -> Any:
         limit = settings.API_MAX_JSON_BODY_BYTES
         request = (parser_context or {}).get("request")
+        if request is not None:
+            parsed = request_notes(request).json_body
+            if parsed is not None:  # admission read and parsed it already
+                return parsed
         if request is not None and declared_content_length(request.META) > limit:
             raise _too_large(limit)
         raw = stream.read(limit + 1) if stream is not None else b""

@@ -24,6 +24,8 @@ class RequestNotes:
     request_id: str = ""
     # Who is calling (accounts.middleware), None outside the API or on a public path.
     auth: AuthContext | None = None
+    # The JSON body as admission read it, so that the view's parser does not parse it again.
+    json_body: dict[str, Any] | None = None
     # The route's cost, estimated from the body before the view (usage.middleware).
     estimate: TokenEstimate | None = None
     # The requests- and tokens-per-minute limits as counted, for the x-ratelimit-* headers.

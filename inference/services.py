@@ -98,7 +98,7 @@ def embedder_get() -> Embedder:
 
 
 def model_name() -> str:
-    return handler_get().status().model
+    return handler_get().served_model_name
 
 
 def embedding_model_name() -> str:

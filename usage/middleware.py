@@ -77,7 +77,7 @@ class AdmissionMiddleware:
         if context is None:
             return None
         cost = route_cost(view_func)
-        body = _json_body(request) if cost is not None else None
+        body = notes.json_body = _json_body(request) if cost is not None else None
         estimate = cost.estimate(body) if cost is not None and body is not None else None
         if cost is None or body is None or estimate is None:
             return self._count_requests(request, notes)

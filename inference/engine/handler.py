@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from dataclasses import dataclass
@@ -92,7 +93,7 @@ class LLMHandler:
         return EngineStatus(
             state=state,
             backend=self._config.backend,
-            model=self._served_name(),
+            model=self.served_model_name,
             device=backend.device if backend else self._expected_device(),
             error=error,
             active_requests=active,
@@ -183,6 +184,11 @@ class LLMHandler:
             max_batch_size=config.max_batch_size,
             torch_threads=config.torch_threads,
         )
+
+    @functools.cached_property
+    def served_model_name(self) -> str:
+        """The name clients send as `model` (fixed by the configuration)."""
+        return self._served_name()
 
     def _served_name(self) -> str:
         config = self._config
