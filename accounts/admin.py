@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.db.models import QuerySet
@@ -11,6 +12,10 @@ from django.utils.html import format_html
 
 from accounts import services
 from accounts.models import APIKey, EndUserBudget, Membership, OAuthClient, Organization, User
+from common.errors import APIError
+
+# Saves and deletes here need no cache invalidation of their own: `accounts.signals` follows
+# every write of a key, organization, user or membership.
 
 
 @admin.register(User)
@@ -92,14 +97,6 @@ class OrganizationAdmin(admin.ModelAdmin):
         url = reverse("admin:usage_organization", args=[obj.pk])
         return format_html('<a href="{}">Tokens per day</a>', url)
 
-    def save_model(self, request: HttpRequest, obj: Organization, form: Any, change: bool) -> None:
-        super().save_model(request, obj, form, change)
-        services.organization_cache_invalidate(organization=obj)
-
-    def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
-        super().save_formset(request, form, formset, change)
-        services.organization_cache_invalidate(organization=form.instance)
-
     @admin.action(description="Suspend selected organizations")
     def suspend(self, request: HttpRequest, queryset: QuerySet[Organization]) -> None:
         for organization in queryset:
@@ -113,8 +110,32 @@ class OrganizationAdmin(admin.ModelAdmin):
         self.message_user(request, f"Reactivated {queryset.count()} organization(s).")
 
 
+class APIKeyForm(forms.ModelForm):
+    class Meta:
+        model = APIKey
+        fields = ("organization", "user", "name", "scopes")  # the admin's `fields` add the rest
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        organization = cleaned.get("organization")
+        if organization is None:
+            return cleaned
+        scopes = cleaned.get("scopes")
+        try:
+            checked = services.api_key_scopes_check(
+                organization=organization, user=cleaned.get("user"), scopes=scopes or None
+            )
+        except APIError as error:
+            self.add_error("user" if error.param == "user" else "scopes", error.message)
+        else:
+            if scopes:
+                cleaned["scopes"] = checked
+        return cleaned
+
+
 @admin.register(APIKey)
 class APIKeyAdmin(admin.ModelAdmin):
+    form = APIKeyForm
     list_display = ("name", "prefix", "organization", "user", "expires_at", "revoked_at", "last_used_at")
     list_filter = ("revoked_at", "organization")
     search_fields = ("name", "prefix", "organization__slug", "user__email")
@@ -140,7 +161,6 @@ class APIKeyAdmin(admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: APIKey, form: Any, change: bool) -> None:
         if change:
             super().save_model(request, obj, form, change)
-            services.api_key_cache_invalidate(prefixes=[obj.prefix])
             return
         created, secret = services.api_key_create(
             organization=obj.organization, name=obj.name, user=obj.user, scopes=obj.scopes or None

@@ -19,7 +19,7 @@ from rest_framework_simplejwt.tokens import AccessToken
 from accounts import keys
 from accounts.context import AuthContext
 from accounts.models import OAuthClient
-from accounts.scopes import ALL_SCOPES
+from accounts.scopes import effective_scopes
 from accounts.selectors import api_key_resolve, membership_get
 from accounts.services import api_key_touch
 from common.errors import APIError
@@ -100,7 +100,11 @@ def _authenticate_api_key(raw_key: str) -> AuthContext:
     api_key_touch(api_key_id=api_key.pk, resolution_seconds=settings.API_KEY_LAST_USED_RESOLUTION_SECONDS)
     return AuthContext(
         organization=resolved.organization,
-        scopes=frozenset(api_key.clean_scopes()),
+        # A member's key never does more than the member's role allows, whatever it was given.
+        scopes=effective_scopes(
+            granted=api_key.scopes,
+            role=resolved.membership.role if resolved.membership is not None else None,
+        ),
         method="api_key",
         user=resolved.user,
         membership=resolved.membership,
@@ -124,7 +128,7 @@ def _authenticate_jwt(raw_token: str) -> AuthContext:
         )
     return AuthContext(
         organization=membership.organization,
-        scopes=frozenset(ALL_SCOPES),
+        scopes=membership.scopes,
         method="jwt",
         user=membership.user,
         membership=membership,

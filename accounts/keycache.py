@@ -1,19 +1,27 @@
-"""Resolved API keys held in each process, so that authenticating a request costs no round trip.
+"""The key cache: resolved API keys, so that authenticating a request costs no database query.
 
-A process serves entries from here only while it is sure to hear every invalidation: the
-services publish each invalidated key prefix on a Redis channel (`publish`), and a subscriber
-thread in every process drops it from here. While that subscription is not confirmed (starting,
-or the connection to Redis lost) the cache is bypassed and lookups go to the shared cache, so a
-lost subscription degrades speed, never correctness. An entry read from the shared cache while
-an invalidation arrives is not kept (`generation`), and every entry also ages out after
-`API_KEY_LOCAL_CACHE_SECONDS`. Without Redis (one process) the shared cache is already local and
-this cache stays off.
+Two levels. The shared cache (Redis) holds each key's entry for `API_KEY_CACHE_SECONDS`, with
+the key's version: a random token that every invalidation replaces. A process that fills an
+entry reads the version before it reads the database and stores the entry with it; an entry is
+served only while its version is the current one. So a fill that read the database before a
+revocation committed, and stores its entry after the revocation's invalidation, stores it under
+a version that is gone: it is never served, and no racing fill can put a revoked key back.
+
+Each process also keeps entries in memory (`LocalKeyCache`), served only while it is sure to
+hear every invalidation: `invalidate` publishes each invalidated key prefix on a Redis channel,
+and a subscriber thread in every process drops it from here. While that subscription is not
+confirmed (starting, or the connection to Redis lost) the local cache is bypassed and lookups
+go to the shared cache, so a lost subscription degrades speed, never correctness. An entry read
+from the shared cache while an invalidation arrives is not kept (`generation`), and every entry
+also ages out after `API_KEY_LOCAL_CACHE_SECONDS`. Without Redis (one process) the shared cache
+is already local and this cache stays off.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 import threading
 import time
 from collections.abc import Iterable
@@ -21,6 +29,7 @@ from typing import Any
 
 import redis
 from django.conf import settings
+from django.core.cache import cache
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +120,56 @@ class LocalKeyCache:
 
 
 local_key_cache = LocalKeyCache()
+
+
+def entry_key(prefix: str) -> str:
+    return f"auth:apikey:{prefix}"
+
+
+def version_key(prefix: str) -> str:
+    return f"auth:apikey-version:{prefix}"
+
+
+# The version of a key never invalidated, or invalidated longer ago than a version lives.
+INITIAL_VERSION = "0"
+
+
+def _version_seconds() -> int:
+    # A fill would have to stall this long between its database read and its store for its
+    # entry to outlive the version that invalidated it. Only invalidated keys have a version, so
+    # however many unknown keys callers try, they leave nothing in the cache.
+    return max(86_400, 10 * settings.API_KEY_CACHE_SECONDS)
+
+
+def shared_get(prefix: str) -> tuple[dict[str, Any] | None, str]:
+    """The shared entry of `prefix` if it is current (one round trip), and the version that an
+    entry filled from a database read made after this call must carry."""
+    if settings.API_KEY_CACHE_SECONDS <= 0:
+        return None, INITIAL_VERSION
+    found = cache.get_many([entry_key(prefix), version_key(prefix)])
+    version = found.get(version_key(prefix)) or INITIAL_VERSION
+    entry = found.get(entry_key(prefix))
+    if entry is not None and entry.get("version") == version:
+        return entry, version
+    return None, version
+
+
+def shared_put(prefix: str, entry: dict[str, Any], *, version: str) -> None:
+    """Stores an entry read from the database after `version` was read from `shared_get`."""
+    if settings.API_KEY_CACHE_SECONDS > 0:
+        cache.set(entry_key(prefix), {**entry, "version": version}, timeout=settings.API_KEY_CACHE_SECONDS)
+
+
+def invalidate(prefixes: list[str]) -> None:
+    """Every process reads these keys from the database on their next lookup: each gets a new
+    version (so no entry stored before, or by a fill that read the database before, is served
+    again) and every process is told to drop its own entries (this one at once)."""
+    if not prefixes:
+        return
+    cache.set_many(
+        {version_key(prefix): secrets.token_hex(8) for prefix in prefixes}, timeout=_version_seconds()
+    )
+    publish(prefixes)
 
 
 def publish(prefixes: list[str]) -> None:

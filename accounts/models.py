@@ -8,7 +8,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from accounts.scopes import ALL_SCOPES
+from accounts.scopes import ALL_SCOPES, role_scopes
 
 
 class BudgetPeriod(models.TextChoices):
@@ -99,6 +99,7 @@ class Membership(models.Model):
         OWNER = "owner", "Owner"
         ADMIN = "admin", "Admin"
         MEMBER = "member", "Member"
+        READER = "reader", "Reader"
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="memberships")
@@ -116,6 +117,11 @@ class Membership(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} in {self.organization} ({self.role})"
+
+    @property
+    def scopes(self) -> frozenset[str]:
+        """What the role grants (`accounts.scopes.ROLE_SCOPES`)."""
+        return role_scopes(self.role)
 
 
 class APIKey(models.Model):

@@ -3,27 +3,60 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from django.conf import settings
-from django.core.cache import cache
 from django.db import models
 from django.db.models import QuerySet
 
+from accounts import keycache
 from accounts.keycache import local_key_cache
 from accounts.models import APIKey, Membership, Organization, User
 
 ModelT = TypeVar("ModelT", bound=models.Model)
 
-
-def api_key_cache_key(prefix: str) -> str:
-    return f"auth:apikey:{prefix}"
+# What authentication and admission read of each row; a key's entry holds these and nothing
+# else (no password hash, no billing details). A field left out is loaded from the database if
+# something reads it.
+CACHED_FIELDS: dict[type[models.Model], tuple[str, ...]] = {
+    APIKey: (
+        "id",
+        "organization_id",
+        "user_id",
+        "name",
+        "prefix",
+        "secret_hash",
+        "scopes",
+        "requests_per_minute",
+        "tokens_per_minute",
+        "token_budget",
+        "budget_period",
+        "expires_at",
+        "revoked_at",
+    ),
+    Organization: (
+        "id",
+        "name",
+        "slug",
+        "status",
+        "status_reason",
+        "requests_per_minute",
+        "tokens_per_minute",
+        "token_quota",
+        "quota_period",
+        "end_user_token_budget",
+        "end_user_budget_period",
+    ),
+    User: ("id", "email", "full_name", "is_active"),
+    Membership: ("id", "user_id", "organization_id", "role", "token_budget", "budget_period"),
+}
 
 
 def _snapshot(instance: models.Model) -> dict[str, Any]:
-    return {field.attname: getattr(instance, field.attname) for field in instance._meta.concrete_fields}
+    return {name: getattr(instance, name) for name in CACHED_FIELDS[type(instance)]}
 
 
 def _restore(model: type[ModelT], snapshot: dict[str, Any]) -> ModelT:
-    return model.from_db(None, list(snapshot), list(snapshot.values()))
+    # `from_db` takes the values of the fields it is given in the model's field order.
+    names = [field.attname for field in model._meta.concrete_fields if field.attname in snapshot]
+    return model.from_db(None, names, [snapshot[name] for name in names])
 
 
 @dataclass(frozen=True)
@@ -36,13 +69,14 @@ class ResolvedAPIKey:
 
 def api_key_resolve(*, prefix: str) -> ResolvedAPIKey | None:
     """The key with this prefix, its organization, user and membership: from this process's
-    cache (`accounts.keycache`), else the shared cache, else the database. Services that change a
-    key or an organization delete the shared entry and tell every process to drop its own."""
+    cache, else the shared cache, else the database (`accounts.keycache`). Every save or delete
+    of a key, organization, user or membership invalidates the entries it affects
+    (`accounts.signals`)."""
     entry = local_key_cache.get(prefix)
     if entry is not None:
         return _resolved(entry)
     generation = local_key_cache.generation()
-    entry = cache.get(api_key_cache_key(prefix))
+    entry, version = keycache.shared_get(prefix)  # the version, read before the database
     if entry is None:
         api_key = APIKey.objects.select_related("organization", "user").filter(prefix=prefix).first()
         if api_key is None:
@@ -58,7 +92,7 @@ def api_key_resolve(*, prefix: str) -> ResolvedAPIKey | None:
             "user": _snapshot(api_key.user) if api_key.user is not None else None,
             "membership": _snapshot(membership) if membership is not None else None,
         }
-        cache.set(api_key_cache_key(prefix), entry, timeout=settings.API_KEY_CACHE_SECONDS)
+        keycache.shared_put(prefix, entry, version=version)
     local_key_cache.put(prefix, entry, generation)
     return _resolved(entry)
 
@@ -68,7 +102,10 @@ def _resolved(entry: dict[str, Any]) -> ResolvedAPIKey:
     api_key = _restore(APIKey, entry["api_key"])
     api_key.organization = organization
     user = _restore(User, entry["user"]) if entry["user"] is not None else None
+    api_key.user = user
     membership = _restore(Membership, entry["membership"]) if entry["membership"] else None
+    if membership is not None and user is not None:
+        membership.user, membership.organization = user, organization
     return ResolvedAPIKey(api_key=api_key, organization=organization, user=user, membership=membership)
 
 
@@ -90,3 +127,14 @@ def organization_get_by_slug(*, slug: str) -> Organization | None:
 
 def api_key_list(*, organization: Organization) -> QuerySet[APIKey]:
     return APIKey.objects.filter(organization=organization)
+
+
+def api_key_prefixes(*, organization_id: int | None = None, user_id: int | None = None) -> list[str]:
+    """The prefixes of the keys of an organization, of a user, or of a user in an organization."""
+    assert organization_id is not None or user_id is not None
+    keys = APIKey.objects.all()
+    if organization_id is not None:
+        keys = keys.filter(organization_id=organization_id)
+    if user_id is not None:
+        keys = keys.filter(user_id=user_id)
+    return list(keys.values_list("prefix", flat=True))

@@ -17,6 +17,7 @@ class OrganizationTokenObtainSerializer(TokenObtainPairSerializer):
     organization = serializers.SlugField(required=False, help_text="Organization slug.")
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, str]:
+        attrs[self.username_field] = str(attrs[self.username_field]).strip().lower()  # stored lowercase
         data = super().validate(attrs)
         user: User = self.user  # type: ignore[assignment]
         memberships = list(membership_list_for_user(user=user))

@@ -4,6 +4,7 @@ import secrets
 import time
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
+from typing import cast
 
 from django.core.cache import cache
 from django.db import IntegrityError, transaction
@@ -13,8 +14,8 @@ from oauth2_provider.models import get_application_model
 
 from accounts import keycache, keys
 from accounts.models import APIKey, Membership, OAuthClient, Organization, User
-from accounts.scopes import ALL_SCOPES
-from accounts.selectors import api_key_cache_key
+from accounts.scopes import ALL_SCOPES, ordered
+from accounts.selectors import api_key_prefixes
 from common.errors import APIError
 
 
@@ -35,32 +36,70 @@ def _validated_scopes(scopes: Iterable[str] | None) -> list[str]:
     return chosen
 
 
+def api_key_scopes_check(
+    *, organization: Organization, user: User | None, scopes: Iterable[str] | None
+) -> list[str]:
+    """The scopes a key for `user` (None: for the whole organization) is created or updated
+    with: `scopes` when they are known and within the member's role, the role's scopes when
+    `scopes` is None (every scope for an organization-wide key). More than the role grants is
+    refused, so that a key never claims what it could not use."""
+    if user is None:
+        return _validated_scopes(scopes)
+    membership = Membership.objects.filter(user=user, organization=organization).first()
+    if membership is None:
+        raise APIError(f"{user.email} is not a member of {organization.slug}.", param="user")
+    if scopes is None:
+        return ordered(membership.scopes)
+    chosen = _validated_scopes(scopes)
+    beyond = [scope for scope in chosen if scope not in membership.scopes]
+    if beyond:
+        raise InvalidScopes(
+            f"A key for {user.email}, a {membership.role} of {organization.slug}, cannot have the "
+            f"scope(s) {', '.join(beyond)}: the role grants only {', '.join(ordered(membership.scopes))}.",
+            param="scopes",
+        )
+    return chosen
+
+
 def api_key_cache_invalidate(*, prefixes: Iterable[str]) -> None:
-    """Deletes cached key lookups now and again once the surrounding transaction commits (a
-    concurrent request may have cached the old row in between), so that the next request in
-    any process reads the new state."""
+    """Forgets cached key lookups now and again once the surrounding transaction commits (a
+    concurrent request may have read the old row in between), so that the next request in
+    any process reads the new state. `accounts.signals` calls it on every write that changes
+    what a key resolves to."""
     prefixes = list(prefixes)
-    cache_keys = [api_key_cache_key(prefix) for prefix in prefixes]
-    if cache_keys:
-        cache.delete_many(cache_keys)
-        keycache.publish(prefixes)
-
-        def after_commit() -> None:
-            cache.delete_many(cache_keys)
-            keycache.publish(prefixes)
-
-        transaction.on_commit(after_commit)
+    if not prefixes:
+        return
+    keycache.invalidate(prefixes)
+    transaction.on_commit(lambda: keycache.invalidate(prefixes))
 
 
 def organization_cache_invalidate(*, organization: Organization) -> None:
-    api_key_cache_invalidate(
-        prefixes=APIKey.objects.filter(organization=organization).values_list("prefix", flat=True)
-    )
+    api_key_cache_invalidate(prefixes=api_key_prefixes(organization_id=organization.pk))
 
 
 @transaction.atomic
 def user_create(*, email: str, password: str | None = None, full_name: str = "") -> User:
     return User.objects.create_user(email, password, full_name=full_name)
+
+
+def user_deactivate(*, user: User) -> User:
+    """The user can no longer sign in, and their JWTs and keys stop working in every process at
+    once; reactivating them restores both."""
+    user.is_active = False
+    user.save(update_fields=["is_active"])
+    return user
+
+
+def user_reactivate(*, user: User) -> User:
+    user.is_active = True
+    user.save(update_fields=["is_active"])
+    return user
+
+
+def user_delete(*, user: User) -> None:
+    """Deletes the user with their memberships and keys (their keys stop working in every
+    process: `accounts.signals`)."""
+    user.delete()
 
 
 @transaction.atomic
@@ -77,11 +116,31 @@ def organization_create(*, slug: str, name: str = "", owner: User | None = None)
     return organization
 
 
+def _validated_role(role: str) -> str:
+    if role not in Membership.Role.values:
+        raise APIError(f"Unknown role '{role}'. Roles: {', '.join(Membership.Role.values)}.", param="role")
+    return role
+
+
 @transaction.atomic
 def membership_create(
     *, organization: Organization, user: User, role: str = Membership.Role.MEMBER
 ) -> Membership:
-    return Membership.objects.create(organization=organization, user=user, role=role)
+    return Membership.objects.create(organization=organization, user=user, role=_validated_role(role))
+
+
+def membership_role_set(*, membership: Membership, role: str) -> Membership:
+    """The member's JWTs and keys get the new role's scopes on their next request (a key's own
+    scopes are cut down to its member's role when it is resolved: `accounts.scopes`)."""
+    membership.role = _validated_role(role)
+    membership.save(update_fields=["role"])
+    return membership
+
+
+def membership_remove(*, membership: Membership) -> None:
+    """The user leaves the organization: their JWTs for it and their keys in it stop working in
+    every process at once. The keys are kept, unusable while the user is not a member."""
+    membership.delete()
 
 
 @transaction.atomic
@@ -89,7 +148,6 @@ def organization_update(*, organization: Organization, **fields: object) -> Orga
     for name, value in fields.items():
         setattr(organization, name, value)
     organization.save()
-    organization_cache_invalidate(organization=organization)
     return organization
 
 
@@ -101,6 +159,12 @@ def organization_suspend(*, organization: Organization, reason: str = "") -> Org
 
 def organization_reactivate(*, organization: Organization) -> Organization:
     return organization_update(organization=organization, status=Organization.Status.ACTIVE, status_reason="")
+
+
+def organization_delete(*, organization: Organization) -> None:
+    """Deletes the organization with its members, keys and clients (refused while usage that
+    must be billed refers to it: suspend it instead)."""
+    organization.delete()
 
 
 @transaction.atomic
@@ -115,12 +179,11 @@ def api_key_create(
     tokens_per_minute: int | None = None,
 ) -> tuple[APIKey, str]:
     """Creates a key and returns it with its secret, which is never stored and cannot be shown
-    again."""
-    if user is not None and not Membership.objects.filter(user=user, organization=organization).exists():
-        raise APIError(f"{user.email} is not a member of {organization.slug}.", param="user")
+    again. A key for a member has at most the member's role's scopes (by default, all of them);
+    an organization-wide key (no `user`) every scope by default."""
     if expires_in_days is not None and expires_in_days < 1:
         raise APIError("expires_in_days must be at least 1.", param="expires_in_days")
-    chosen_scopes = _validated_scopes(scopes)
+    chosen_scopes = api_key_scopes_check(organization=organization, user=user, scopes=scopes)
     expires_at = timezone.now() + timedelta(days=expires_in_days) if expires_in_days else None
     for _attempt in range(5):
         raw_key = keys.generate_key()
@@ -145,12 +208,15 @@ def api_key_create(
 
 @transaction.atomic
 def api_key_update(*, api_key: APIKey, **fields: object) -> APIKey:
-    if "scopes" in fields:
-        fields["scopes"] = _validated_scopes(fields["scopes"])  # type: ignore[arg-type]
+    if "scopes" in fields or "user" in fields:
+        fields["scopes"] = api_key_scopes_check(
+            organization=api_key.organization,
+            user=cast("User | None", fields.get("user", api_key.user)),
+            scopes=cast("list[str] | None", fields.get("scopes", api_key.scopes)),
+        )
     for name, value in fields.items():
         setattr(api_key, name, value)
     api_key.save()
-    api_key_cache_invalidate(prefixes=[api_key.prefix])
     return api_key
 
 
@@ -158,6 +224,10 @@ def api_key_revoke(*, api_key: APIKey) -> APIKey:
     if api_key.revoked_at is not None:
         return api_key
     return api_key_update(api_key=api_key, revoked_at=timezone.now())
+
+
+def api_key_delete(*, api_key: APIKey) -> None:
+    api_key.delete()
 
 
 _touched_at: dict[int, float] = {}

@@ -18,7 +18,12 @@ class Command(BaseCommand):
         parser.add_argument("--org", required=True, help="Organization slug.")
         parser.add_argument("--user", help="Email of the member the key acts for.")
         parser.add_argument("--name", default="cli")
-        parser.add_argument("--scopes", nargs="+", choices=ALL_SCOPES, help="Default: every scope.")
+        parser.add_argument(
+            "--scopes",
+            nargs="+",
+            choices=ALL_SCOPES,
+            help="Default: the member's role's scopes (every scope for an organization-wide key).",
+        )
         parser.add_argument("--expires-in-days", type=int)
 
     def handle(self, *args: Any, **options: Any) -> None:
