@@ -30,20 +30,16 @@ from rest_framework.throttling import BaseThrottle
 from common.errors import APIError
 
 
-def _setting(name: str, default: int) -> int:
-    return int(getattr(settings, name, default))
-
-
 def window_seconds() -> int:
-    return max(1, _setting("AUTH_THROTTLE_WINDOW_SECONDS", 60))
+    return max(1, settings.AUTH_THROTTLE_WINDOW_SECONDS)
 
 
 def account_limit() -> int:
-    return _setting("AUTH_THROTTLE_ACCOUNT_FAILURES", 5)
+    return int(settings.AUTH_THROTTLE_ACCOUNT_FAILURES)
 
 
 def ip_limit() -> int:
-    return _setting("AUTH_THROTTLE_IP_FAILURES", 20)
+    return int(settings.AUTH_THROTTLE_IP_FAILURES)
 
 
 class SignInThrottled(APIError):

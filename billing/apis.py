@@ -14,7 +14,7 @@ from rest_framework.views import APIView
 
 from accounts.context import AuthContext
 from accounts.models import Organization
-from accounts.scopes import USAGE_READ
+from accounts.scopes import BILLING_READ
 from billing.selectors import invoice_estimate, invoice_get, invoice_list, usage_cost_report
 from billing.serializers import (
     CostQuerySerializer,
@@ -33,7 +33,7 @@ def _organization(request: Request) -> Organization:
 
 
 class InvoiceListApi(APIView):
-    required_scope = USAGE_READ
+    required_scope = BILLING_READ
 
     @extend_schema(
         tags=["billing"],
@@ -49,7 +49,7 @@ class InvoiceListApi(APIView):
 
 
 class InvoiceDetailApi(APIView):
-    required_scope = USAGE_READ
+    required_scope = BILLING_READ
 
     @extend_schema(
         tags=["billing"],
@@ -64,7 +64,7 @@ class InvoiceDetailApi(APIView):
 
 
 class CurrentPeriodApi(APIView):
-    required_scope = USAGE_READ
+    required_scope = BILLING_READ
 
     @extend_schema(
         tags=["billing"],
@@ -99,7 +99,7 @@ class CurrentPeriodApi(APIView):
 
 
 class UsageCostApi(APIView):
-    required_scope = USAGE_READ
+    required_scope = BILLING_READ
 
     @extend_schema(
         tags=["billing"],

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -467,7 +467,7 @@ def _job_context(job: GenerationJob) -> AuthContext:
     whose key was revoked, expired or deleted, whose member left or was deactivated, or whose
     organization was suspended while it waited does not run."""
     from accounts.authentication import AuthenticationFailed, PermissionDenied
-    from accounts.scopes import ALL_SCOPES, GENERATE
+    from accounts.scopes import ALL_SCOPES, GENERATE, effective_scopes
 
     organization = job.organization
     if not organization.is_active:
@@ -475,8 +475,16 @@ def _job_context(job: GenerationJob) -> AuthContext:
             f"The organization '{organization.slug}' was suspended before the job started.",
             code="organization_suspended",
         )
+    membership = None
+    if job.user_id is not None:
+        membership = Membership.objects.filter(user_id=job.user_id, organization=organization).first()
+        if membership is None or job.user is None or not job.user.is_active:
+            raise AuthenticationFailed(
+                "The member who queued the job is no longer active in the organization.",
+                code="member_inactive",
+            )
     api_key = None
-    scopes = frozenset(ALL_SCOPES)
+    granted: Iterable[str] = ALL_SCOPES
     if job.auth_method == "api_key":
         api_key = (
             APIKey.objects.filter(pk=job.api_key_id, organization=organization).first()
@@ -489,19 +497,11 @@ def _job_context(job: GenerationJob) -> AuthContext:
             )
         if api_key.is_expired():
             raise AuthenticationFailed("The job's API key expired before it started.", code="api_key_expired")
-        scopes = frozenset(api_key.clean_scopes())
-        if GENERATE not in scopes:
-            raise PermissionDenied(
-                "The job's API key no longer has the 'generate' scope.", code="missing_scope"
-            )
-    membership = None
-    if job.user_id is not None:
-        membership = Membership.objects.filter(user_id=job.user_id, organization=organization).first()
-        if membership is None or job.user is None or not job.user.is_active:
-            raise AuthenticationFailed(
-                "The member who queued the job is no longer active in the organization.",
-                code="member_inactive",
-            )
+        granted = api_key.scopes
+    # As the credential would be resolved now: a member's reach is its role's.
+    scopes = effective_scopes(granted=granted, role=membership.role if membership is not None else None)
+    if GENERATE not in scopes:
+        raise PermissionDenied("The job's caller no longer has the 'generate' scope.", code="missing_scope")
     return AuthContext(
         organization=organization,
         scopes=scopes,

@@ -20,6 +20,7 @@ import redis
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
+from accounts.context import AuthContext
 from common.errors import APIError, internal_error_response
 from common.request_notes import RequestNotes, request_notes
 from usage.admission import route_cost
@@ -45,6 +46,12 @@ def _json_body(request: HttpRequest) -> dict[str, Any] | None:
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None  # the view answers it with a 400
     return body if isinstance(body, dict) else None
+
+
+def _may_call(context: AuthContext, view_func: Callable[..., Any]) -> bool:
+    view_class = getattr(view_func, "view_class", None) or getattr(view_func, "cls", None)
+    scope = getattr(view_class, "required_scope", None)
+    return not isinstance(scope, str) or context.has_scope(scope)
 
 
 class AdmissionMiddleware:
@@ -77,6 +84,8 @@ class AdmissionMiddleware:
         if context is None:
             return None
         cost = route_cost(view_func)
+        if cost is not None and not _may_call(context, view_func):
+            cost = None  # its 403 costs nothing but the request it is
         body = notes.json_body = _json_body(request) if cost is not None else None
         estimate = cost.estimate(body) if cost is not None and body is not None else None
         if cost is None or body is None or estimate is None:

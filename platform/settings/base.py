@@ -170,7 +170,15 @@ REST_FRAMEWORK = {
     "UNAUTHENTICATED_USER": None,
     # `format` is the usage report's own parameter (json or csv), not DRF's renderer switch.
     "URL_FORMAT_OVERRIDE": None,
+    # Proxies in front of the web server: the client's address for sign-in throttling is then
+    # read from X-Forwarded-For (never trusted without this: anyone can send it).
+    "NUM_PROXIES": env.int("TRUSTED_PROXY_COUNT", default=0) or None,
 }
+
+# Sign-in throttling (/api/v1/auth/token/, /oauth/token/), failures per window.
+AUTH_THROTTLE_WINDOW_SECONDS = env.int("AUTH_THROTTLE_WINDOW_SECONDS", default=60)
+AUTH_THROTTLE_ACCOUNT_FAILURES = env.int("AUTH_THROTTLE_ACCOUNT_FAILURES", default=5)
+AUTH_THROTTLE_IP_FAILURES = env.int("AUTH_THROTTLE_IP_FAILURES", default=20)
 
 SIMPLE_JWT = {
     "ACCESS_TOKEN_LIFETIME": timedelta(minutes=env.int("JWT_ACCESS_MINUTES", default=15)),
@@ -186,7 +194,8 @@ OAUTH2_PROVIDER = {
         "rag": "Ask questions over the organization's documents",
         "documents:read": "List and read documents",
         "documents:write": "Upload and delete documents",
-        "usage:read": "Read usage reports and billing",
+        "usage:read": "Read usage reports",
+        "billing:read": "Read invoices and costs",
     },
     "ACCESS_TOKEN_EXPIRE_SECONDS": env.int("OAUTH2_ACCESS_TOKEN_SECONDS", default=3600),
     "SCOPES_BACKEND_CLASS": "accounts.oauth.OrganizationScopes",

@@ -61,13 +61,6 @@ MATRIX: dict[tuple[str, str], tuple[bool, bool, bool, bool] | str] = {
     ("POST", "/api/v1/billing/stripe/webhook/"): PUBLIC,
 }
 
-# billing/apis.py still requires `usage:read` for invoices and costs (which admins and readers
-# have); the matrix wants `billing:read`, an owner's alone. When billing's views require
-# accounts.scopes.BILLING_READ these cases pass, and this mark must go.
-BILLING_SCOPE_PENDING = pytest.mark.xfail(
-    strict=True, reason="billing/apis.py: required_scope = BILLING_READ (issue #11)"
-)
-
 SAMPLE_ARGUMENTS = {
     "<int:document_id>": "987654",
     "<int:invoice_id>": "987654",
@@ -139,8 +132,7 @@ def _matrix_cases() -> Iterator[Any]:
         if allowed == PUBLIC:
             continue
         for role, serves in zip(ROLES, allowed, strict=True):
-            marks = [BILLING_SCOPE_PENDING] if "/billing/" in route and role in ("admin", "reader") else []
-            yield pytest.param(method, route, role, serves, id=f"{role}-{method}-{route}", marks=marks)
+            yield pytest.param(method, route, role, serves, id=f"{role}-{method}-{route}")
 
 
 @pytest.mark.django_db

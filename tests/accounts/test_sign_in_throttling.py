@@ -116,11 +116,6 @@ def test_an_unknown_email_costs_the_same_password_hash_as_a_known_one(
 OAUTH_URLS = pytest.mark.urls("tests.accounts.oauth_token_urls")
 
 
-# Until platform/urls.py routes /oauth/token/ to accounts.apis.OAuthTokenApi, the tests below
-# run on a URLconf that does; when it does, this mark must go.
-@pytest.mark.xfail(
-    strict=True, reason="platform/urls.py: oauth/token/ -> accounts.apis.OAuthTokenApi (issue #11)"
-)
 def test_oauth_token_route_is_the_throttled_view() -> None:
     assert resolve("/oauth/token/").func.view_class is OAuthTokenApi  # type: ignore[attr-defined]
 

@@ -132,7 +132,7 @@ def test_cost_report_validates_its_range(alice: Tenant) -> None:
     assert assert_error_shape(response, status=400)["param"] == "end"
 
 
-def test_billing_needs_the_usage_read_scope(alice: Tenant, october_invoice: Invoice) -> None:
+def test_billing_needs_the_billing_read_scope(alice: Tenant, october_invoice: Invoice) -> None:
     _key, secret = api_key_create(organization=alice.organization, name="generate-only", scopes=["generate"])
     for path in (
         "/api/v1/billing/invoices/",

@@ -13,6 +13,7 @@ from accounts.services import (
     api_key_create,
     api_key_revoke,
     membership_create,
+    membership_role_set,
     organization_suspend,
     user_create,
 )
@@ -44,6 +45,11 @@ def _remove_member(tenant: Tenant, secret: str) -> None:
     Membership.objects.filter(organization=tenant.organization, user__email="dev@alice.test").delete()
 
 
+def _make_reader(tenant: Tenant, secret: str) -> None:
+    membership = Membership.objects.get(organization=tenant.organization, user__email="dev@alice.test")
+    membership_role_set(membership=membership, role=Membership.Role.READER)
+
+
 def _deactivate_member(tenant: Tenant, secret: str) -> None:
     from accounts.models import User
 
@@ -58,6 +64,7 @@ def _deactivate_member(tenant: Tenant, secret: str) -> None:
         (_suspend, "organization_suspended"),
         (_remove_member, "member_inactive"),
         (_deactivate_member, "member_inactive"),
+        (_make_reader, "missing_scope"),
     ],
 )
 def test_a_job_whose_access_was_removed_while_it_waited_does_not_run_and_costs_nothing(
