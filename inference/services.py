@@ -413,7 +413,7 @@ def embeddings_create(
     except BaseException:
         reservation.release(status="error")
         raise
-    reservation.settle(prompt_tokens=tokens, completion_tokens=0)
+    after_response(partial(reservation.settle, prompt_tokens=tokens, completion_tokens=0))
     return EmbeddingOutcome(vectors=vectors.tolist(), prompt_tokens=tokens, model=embedding_model_name())
 
 

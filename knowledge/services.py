@@ -5,6 +5,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ from django.utils import timezone
 
 from accounts.context import AuthContext
 from accounts.models import Organization
+from common.after_response import after_response
 from common.errors import APIError
 from inference.services import GenerationSpec, embedder_get, embedding_model_name
 from knowledge.indexes import index_rebuild, index_store, org_key
@@ -423,7 +425,8 @@ def search_metered(
     except BaseException:
         reservation.release(status="error")
         raise
-    reservation.settle(prompt_tokens=tokens, completion_tokens=0)
+    # Charged once the response is sent (the tokens stay reserved until then).
+    after_response(partial(reservation.settle, prompt_tokens=tokens, completion_tokens=0))
     return hits
 
 
