@@ -26,7 +26,7 @@ from knowledge.lib.index import IndexStoreError
 from knowledge.lib.parsing import DocumentError, UnsupportedFormat, extract_text, sniff_format
 from knowledge.models import Chunk, Document
 from knowledge.selectors import chunk_ids_of_documents, chunks_by_ids, indexed_document_count
-from usage.services import Reservation, quota_hold
+from usage.services import QuotaExceeded, Reservation, quota_hold, quota_reserve
 
 logger = logging.getLogger(__name__)
 
@@ -210,6 +210,39 @@ def _ingest(document: Document) -> None:
         overlap_tokens=settings.KNOWLEDGE_CHUNK_OVERLAP_TOKENS,
     )
     Chunk.objects.filter(document=document).delete()  # a previous attempt's chunks
+    reservation = _ingestion_reserve(document, tokens=sum(piece.token_count for piece in pieces))
+    try:
+        _embed_and_index(document, pieces=pieces, title=title)
+    except BaseException:
+        reservation.release(status="error")
+        raise
+    reservation.settle(prompt_tokens=reservation.amount, completion_tokens=0)
+    _set_status(document, Document.Status.INDEXED, indexed_at=timezone.now())
+
+
+def _ingestion_reserve(document: Document, *, tokens: int) -> Reservation:
+    """Ingestion is metered as embeddings are: the tokens it embeds, on the organization's
+    budget, reserved before any is embedded (a budget that cannot take them fails the document
+    with the reason). A worker that dies mid-way charges nothing: the next attempt starts over
+    and is charged then."""
+    context = AuthContext(organization=document.organization, scopes=frozenset(), method="ingestion")
+    try:
+        return quota_reserve(
+            context=context,
+            end_user=None,
+            endpoint="ingestion",
+            model=embedding_model_name(),
+            request_id=f"document-{document.pk}",
+            amount=tokens,
+            prompt_tokens=tokens,
+            free_if_abandoned=True,
+        )
+    except QuotaExceeded as exc:
+        raise DocumentError(f"Not indexed: {exc.message}") from exc
+
+
+def _embed_and_index(document: Document, *, pieces: list[Any], title: str) -> None:
+    embedder = embedder_get()
     _set_status(document, Document.Status.EMBEDDING, chunks_total=len(pieces), chunks_embedded=0)
     batch = settings.KNOWLEDGE_EMBED_BATCH
     groups = [pieces[start : start + batch] for start in range(0, len(pieces), batch)]
@@ -235,7 +268,6 @@ def _ingest(document: Document) -> None:
             ids=np.asarray(ids, dtype=np.int64),
             vectors=np.vstack(vectors),
         )
-    _set_status(document, Document.Status.INDEXED, indexed_at=timezone.now())
 
 
 def _write_chunks(document: Document, group: list[Any], embedded: np.ndarray, done: int) -> list[int]:

@@ -282,6 +282,7 @@ def quota_reserve(
     prompt_tokens: int = 0,
     queued_for_seconds: int | None = None,
     limits: ratelimit.LimitWindows | None = None,
+    free_if_abandoned: bool = False,
 ) -> Reservation:
     """Reserves `amount` tokens on every budget that applies to the caller, all or none.
     Raises QuotaExceeded naming the budget that cannot take it.
@@ -290,7 +291,8 @@ def quota_reserve(
     or the server's) is only written beside it. A reservation for work that waits in a queue
     (`queued_for_seconds`) lives that long and costs nothing if it expires before a worker
     adopts it (`reservation_adopt`); any other is running from now on, and costs what it holds
-    if its process dies."""
+    if its process dies, unless `free_if_abandoned` (work whose result a dead process cannot
+    have delivered, and that is redone from the start: ingestion)."""
     now = timezone.now()
     counters = budget_counters(context=context, end_user=end_user, now=now)
     ledger = get_ledger()
@@ -313,7 +315,7 @@ def quota_reserve(
         "record": record,
         "ttl_seconds": queued_for_seconds or settings.RESERVATION_TTL_SECONDS,
         "prompt_tokens": prompt_tokens,
-        "charge_on_expiry": 0 if queued_for_seconds else amount,
+        "charge_on_expiry": 0 if queued_for_seconds or free_if_abandoned else amount,
         "charged_key": charged_key(organization_id=context.organization.pk, when=now),
     }
     # Admission's rate limits are counted here: with the budgets in one atomic round trip on
