@@ -82,6 +82,8 @@ class OrganizationAdmin(admin.ModelAdmin):
                     "quota_period",
                     "end_user_token_budget",
                     "end_user_budget_period",
+                    "search_requests_per_minute",
+                    "ingestion_token_quota",
                 )
             },
         ),

@@ -74,6 +74,13 @@ class Organization(models.Model):
     end_user_budget_period = models.CharField(
         max_length=8, choices=BudgetPeriod.choices, default=BudgetPeriod.DAY
     )
+    # Knowledge's own limits, beside the ones above (which every metered route counts against).
+    search_requests_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Searches per minute (rag/'s retrieval not included)."
+    )
+    ingestion_token_quota = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Tokens embedded by document ingestion per month."
+    )
 
     # Billing.
     billing_email = models.EmailField(blank=True)

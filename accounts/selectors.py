@@ -43,6 +43,8 @@ CACHED_FIELDS: dict[type[models.Model], tuple[str, ...]] = {
         "quota_period",
         "end_user_token_budget",
         "end_user_budget_period",
+        "search_requests_per_minute",
+        "ingestion_token_quota",
     ),
     User: ("id", "email", "full_name", "is_active"),
     Membership: ("id", "user_id", "organization_id", "role", "token_budget", "budget_period"),

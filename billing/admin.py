@@ -42,6 +42,15 @@ class PlanModelPriceInline(admin.TabularInline):
         return not self._frozen(obj) and super().has_delete_permission(request, obj)
 
 
+_LIMIT_FIELDS = (
+    "requests_per_minute",
+    "tokens_per_minute",
+    "token_quota",
+    "search_requests_per_minute",
+    "ingestion_token_quota",
+)
+
+
 @admin.register(Plan)
 class PlanAdmin(admin.ModelAdmin):
     list_display = (
@@ -62,7 +71,7 @@ class PlanAdmin(admin.ModelAdmin):
     fieldsets = (
         (None, {"fields": ("name", "slug")}),
         ("Prices (frozen once an organization has been on the plan)", {"fields": _PRICE_FIELDS}),
-        ("Limits", {"fields": ("requests_per_minute", "tokens_per_minute", "token_quota")}),
+        ("Limits", {"fields": _LIMIT_FIELDS}),
     )
 
     def get_readonly_fields(self, request: HttpRequest, obj: Plan | None = None) -> tuple[str, ...]:
@@ -72,7 +81,7 @@ class PlanAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: Plan, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)
-        if change and {"requests_per_minute", "tokens_per_minute", "token_quota"} & set(form.changed_data):
+        if change and set(_LIMIT_FIELDS) & set(form.changed_data):
             count = services.plan_limits_apply(plan=obj)
             self.message_user(request, f"Applied the new limits to {count} organization(s) on {obj.name}.")
 

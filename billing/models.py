@@ -44,6 +44,10 @@ class Plan(models.Model):
     requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
     tokens_per_minute = models.PositiveIntegerField(null=True, blank=True)
     token_quota = models.PositiveBigIntegerField(null=True, blank=True, help_text="Tokens per month.")
+    search_requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    ingestion_token_quota = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Tokens embedded by document ingestion per month."
+    )
 
     created_at = models.DateTimeField(auto_now_add=True)
 

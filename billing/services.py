@@ -48,6 +48,8 @@ def plan_create(
     requests_per_minute: int | None = None,
     tokens_per_minute: int | None = None,
     token_quota: int | None = None,
+    search_requests_per_minute: int | None = None,
+    ingestion_token_quota: int | None = None,
     currency: str | None = None,
 ) -> Plan:
     """Creates a plan; `model_prices` maps a model to its (prompt, completion) prices per 1,000
@@ -62,6 +64,8 @@ def plan_create(
         requests_per_minute=requests_per_minute,
         tokens_per_minute=tokens_per_minute,
         token_quota=token_quota,
+        search_requests_per_minute=search_requests_per_minute,
+        ingestion_token_quota=ingestion_token_quota,
     )
     if currency is not None:
         plan.currency = currency.lower()
@@ -102,6 +106,8 @@ def _plan_limits_apply(*, organization: Organization, plan: Plan) -> None:
         tokens_per_minute=plan.tokens_per_minute,
         token_quota=plan.token_quota,
         quota_period=BudgetPeriod.MONTH,
+        search_requests_per_minute=plan.search_requests_per_minute,
+        ingestion_token_quota=plan.ingestion_token_quota,
     )
 
 

@@ -152,7 +152,12 @@ def _query_estimate(body: dict[str, Any]) -> TokenEstimate | None:
 class SearchApi(APIView):
     required_scope = DOCUMENTS_READ
     # Metered as embeddings are: the query's tokens, admitted before it is embedded.
-    cost = RouteCost(endpoint="search", estimate=_query_estimate, model=embedding_model_name)
+    cost = RouteCost(
+        endpoint="search",
+        estimate=_query_estimate,
+        model=embedding_model_name,
+        requests_limit="search_requests_per_minute",
+    )
 
     @extend_schema(
         tags=["knowledge"],

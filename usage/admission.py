@@ -30,6 +30,9 @@ class RouteCost:
     model: Callable[[], str] | None = None
     # A job: the hold waits with it in the queue and costs nothing if no worker starts it.
     queued: bool = False
+    # An organization field with this route's own requests-per-minute limit, counted beside
+    # the organization's and the key's (searches: `search_requests_per_minute`).
+    requests_limit: str | None = None
 
     def end_user(self, body: dict[str, Any]) -> str | None:
         value = body.get(self.end_user_field)

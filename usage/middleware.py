@@ -91,7 +91,9 @@ class AdmissionMiddleware:
         if cost is None or body is None or estimate is None:
             return self._count_requests(request, notes)
         notes.estimate = estimate
-        limits = LimitWindows(request=request, context=context, tokens=estimate.total)
+        limits = LimitWindows(
+            request=request, context=context, tokens=estimate.total, route_limit=cost.requests_limit
+        )
         try:
             notes.reservation = quota_reserve(
                 context=context,

@@ -110,9 +110,23 @@ def _tightest(states: list[LimitState]) -> LimitState | None:
     return exceeded[0] if exceeded else min(states, key=lambda s: s.remaining)
 
 
-def requests_hit(*, request: HttpRequest, context: AuthContext) -> LimitState | None:
+def _route_limits(context: AuthContext, field: str | None) -> list[_Limit]:
+    """A route's own requests-per-minute limit, an organization field (`RouteCost.requests_limit`:
+    searches have theirs), counted beside the organization's and the key's."""
+    value = getattr(context.organization, field, None) if field else None
+    if value is None:
+        return []
+    subject = f"org:{context.organization.pk}:{field}"
+    window = _get_window(subject, WINDOW_SECONDS)
+    cache_key = _make_cache_key("rpm", window, (int(value), WINDOW_SECONDS), subject, ALL)
+    return [_Limit("organization", subject, int(value), f"{settings.CACHE_KEY_PREFIX}:{cache_key}", window)]
+
+
+def requests_hit(
+    *, request: HttpRequest, context: AuthContext, route_limit: str | None = None
+) -> LimitState | None:
     """Counts this request against every requests-per-minute limit that applies."""
-    limits = _limits(context, "requests")
+    limits = _limits(context, "requests") + _route_limits(context, route_limit)
     if not limits:
         return None
     now = time.time()
@@ -194,13 +208,14 @@ class LimitWindows:
     request: HttpRequest
     context: AuthContext
     tokens: int
+    route_limit: str | None = None
     states: dict[str, LimitState | None] = field(default_factory=dict)
     _requests: list[_Limit] = field(default_factory=list)
     _tokens: list[_Limit] = field(default_factory=list)
 
     def windows(self) -> list[Window]:
         """The requests and tokens windows, for `RedisLedger.admit`."""
-        self._requests = _limits(self.context, "requests")
+        self._requests = _limits(self.context, "requests") + _route_limits(self.context, self.route_limit)
         self._tokens = _limits(self.context, "tokens")
         return [Window(limit.cache_key, limit.limit, 1, _EXPIRY, False) for limit in self._requests] + [
             Window(limit.cache_key, limit.limit, self.tokens, _EXPIRY, True) for limit in self._tokens
@@ -232,7 +247,9 @@ class LimitWindows:
     def count(self) -> None:
         """Counts the limits on their own (no Redis ledger); raises RateLimited when one
         refuses."""
-        self.states["requests"] = requests_hit(request=self.request, context=self.context)
+        self.states["requests"] = requests_hit(
+            request=self.request, context=self.context, route_limit=self.route_limit
+        )
         if self.states["requests"] is not None and self.states["requests"].exceeded:
             raise RateLimited(self.states["requests"])
         self.states["tokens"] = tokens_hit(context=self.context, tokens=self.tokens)

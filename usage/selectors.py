@@ -30,6 +30,8 @@ def tokens_used_since(*, organization_id: int, scope: str, subject: str, since: 
         records = records.filter(user_id=int(subject))
     elif scope == "end_user":
         records = records.filter(end_user=subject)
+    elif scope == "ingestion":
+        records = records.filter(endpoint="ingestion")
     total = records.aggregate(total=Coalesce(Sum(F("prompt_tokens") + F("completion_tokens")), 0))["total"]
     return int(total)
 

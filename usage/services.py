@@ -73,11 +73,24 @@ def end_user_budget_get(*, organization: Organization, end_user: str) -> tuple[i
 
 
 def budget_counters(
-    *, context: AuthContext, end_user: str | None, now: datetime | None = None
+    *, context: AuthContext, end_user: str | None, now: datetime | None = None, endpoint: str | None = None
 ) -> list[Counter]:
+    """The budgets a request to `endpoint` counts against (every one, when None: `/me`)."""
     now = now or timezone.now()
     org = context.organization
     counters = []
+    if org.ingestion_token_quota is not None and endpoint in (None, "ingestion"):
+        counters.append(
+            _counter(
+                scope="ingestion",
+                subject=str(org.pk),
+                label=f"organization '{org.slug}' ingestion token quota",
+                limit=org.ingestion_token_quota,
+                period=BudgetPeriod.MONTH,
+                organization_id=org.pk,
+                now=now,
+            )
+        )
     if org.token_quota is not None:
         counters.append(
             _counter(
@@ -294,7 +307,7 @@ def quota_reserve(
     if its process dies, unless `free_if_abandoned` (work whose result a dead process cannot
     have delivered, and that is redone from the start: ingestion)."""
     now = timezone.now()
-    counters = budget_counters(context=context, end_user=end_user, now=now)
+    counters = budget_counters(context=context, end_user=end_user, now=now, endpoint=endpoint)
     ledger = get_ledger()
     reservation_id = f"rsv_{uuid.uuid4().hex}"
     record = {

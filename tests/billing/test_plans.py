@@ -37,6 +37,21 @@ def test_the_first_plan_applies_its_limits_at_once(alice: Tenant, pro_plan: Plan
     assert Organization.objects.get(pk=alice.organization.pk).quota_period == "month"
 
 
+def test_a_plan_sets_the_knowledge_limits_too(alice: Tenant) -> None:
+    plan = plan_create(
+        slug="search-heavy",
+        name="Search heavy",
+        monthly_price=Decimal("0"),
+        prompt_price_per_1k=Decimal("0"),
+        completion_price_per_1k=Decimal("0"),
+        search_requests_per_minute=30,
+        ingestion_token_quota=1_000_000,
+    )
+    subscribe(alice.organization, plan, on=at(2026, 10, 5))
+    organization = Organization.objects.get(pk=alice.organization.pk)
+    assert (organization.search_requests_per_minute, organization.ingestion_token_quota) == (30, 1_000_000)
+
+
 def test_the_first_plans_limits_reach_the_next_request(alice: Tenant, pro_plan: Plan) -> None:
     assert alice.client().get("/api/v1/me/")["x-ratelimit-limit-requests"] == "600"  # cached before
     subscription_change(organization=alice.organization, plan=pro_plan)

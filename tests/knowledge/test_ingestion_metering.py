@@ -59,3 +59,17 @@ def test_a_document_the_budget_cannot_take_fails_before_anything_is_embedded(
     assert get_ledger().active_reservations() == 0
     (budget,) = budget_views(context=alice.context())
     assert (budget.used, budget.reserved) == (0, 0)
+
+
+def test_ingestion_has_its_own_quota_beside_the_organizations(
+    alice: Tenant, django_capture_on_commit_callbacks
+) -> None:
+    alice.organization.token_quota = None
+    alice.organization.ingestion_token_quota = 50
+    alice.organization.save()
+    document = Document.objects.get(pk=_upload(alice, django_capture_on_commit_callbacks))
+    assert document.status == Document.Status.FAILED
+    assert "ingestion token quota" in document.error
+    # Generation does not count against it.
+    (ingestion,) = [b for b in budget_views(context=alice.context()) if b.scope == "ingestion"]
+    assert (ingestion.limit, ingestion.used, ingestion.reserved) == (50, 0, 0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from django.conf import settings
 
 from tests.conftest import Tenant, assert_error_shape
 from usage.models import UsageRecord
@@ -134,3 +135,37 @@ def test_a_body_admission_cannot_estimate_is_the_views_400_not_a_500_or_a_429(
     response = alice.client().post(route, raw, content_type="application/json")
     assert_error_shape(response, status=400)
     assert get_ledger().active_reservations() == 0
+
+
+def test_searches_have_their_own_requests_limit(alice: Tenant, openai_backend: str) -> None:
+    alice.organization.search_requests_per_minute = 1
+    alice.organization.requests_per_minute = 100
+    alice.organization.save()
+    search = {"query": "classes", "top_k": 1}
+    assert alice.client().post("/api/v1/search/", search, format="json").status_code == 200
+    assert_error_shape(
+        alice.client().post("/api/v1/search/", search, format="json"), status=429, code="rate_limit_exceeded"
+    )
+    # Generation is not a search: it still has the organization's limit.
+    generated = alice.client().post("/api/v1/generate/", {"prompt": "hi", "max_tokens": 2}, format="json")
+    assert generated.status_code == 200
+
+
+@pytest.mark.skipif(
+    not settings.REDIS_URL, reason="without Redis the in-process ledger writes records at once"
+)
+def test_an_admitted_request_makes_no_database_query(
+    alice: Tenant, openai_backend: str, django_assert_num_queries: Any
+) -> None:
+    """Every limit and budget admission reads comes from the key cache: a field the cache left
+    out would cost a query per request."""
+    organization = alice.organization
+    organization.token_quota = 100_000
+    organization.end_user_token_budget = 10_000
+    organization.search_requests_per_minute = 100
+    organization.ingestion_token_quota = 100_000
+    organization.save()
+    body = {"prompt": "hi", "max_tokens": 2, "user_id": "end-user-1"}
+    assert alice.client().post("/api/v1/generate/", body, format="json").status_code == 200
+    with django_assert_num_queries(0):
+        assert alice.client().post("/api/v1/generate/", body, format="json").status_code == 200
