@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import os
 
 from django.conf import settings
@@ -11,6 +12,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
 
+from common.errors import error_response
 from common.metrics import SHARED_STATE_COLLECTORS
 
 
@@ -66,8 +68,25 @@ def readyz(request: HttpRequest) -> JsonResponse:
     return JsonResponse(body, status=200 if not failed else 503)
 
 
+def _may_scrape(request: HttpRequest) -> bool:
+    """An allow-listed address (`METRICS_ALLOWED_ADDRESSES`, loopback by default), or the bearer
+    token `METRICS_TOKEN`: counts per route and tenant activity are not for everyone."""
+    if request.META.get("REMOTE_ADDR") in settings.METRICS_ALLOWED_ADDRESSES:
+        return True
+    token = settings.METRICS_TOKEN
+    sent = request.headers.get("Authorization", "")
+    return bool(token) and hmac.compare_digest(sent.encode(), f"Bearer {token}".encode())
+
+
 @require_GET
 def metrics(request: HttpRequest) -> HttpResponse:
+    if not _may_scrape(request):
+        return error_response(
+            status=401,
+            message="Metrics need 'Authorization: Bearer <METRICS_TOKEN>' or an allow-listed address.",
+            type="authentication_error",
+            code="invalid_metrics_token",
+        )
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)

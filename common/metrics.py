@@ -13,7 +13,14 @@ REQUEST_LATENCY = Histogram(
     ["route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
-TOKENS = Counter("llmp_tokens_total", "Tokens processed by inference.", ["kind", "model"])
+TOKENS = Counter(
+    "llmp_tokens_total", "Tokens charged, by kind (prompt, completion) and model.", ["kind", "model"]
+)
+ADMISSIONS = Counter(
+    "llmp_admissions_total",
+    "Admission decisions on metered routes (admitted, rate_limited, insufficient_quota, unavailable).",
+    ["outcome"],
+)
 
 # Collectors of state shared by every process (database, Redis), read when /metrics is scraped,
 # in whichever process answers; apps add theirs when they are ready.

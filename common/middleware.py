@@ -33,6 +33,34 @@ _MESSAGES_BY_STATUS = {
 }
 
 
+access_logger = logging.getLogger("platform.access")
+
+
+def _log_request(
+    request: HttpRequest, response: HttpResponse, *, route: str, request_id: str, seconds: float
+) -> None:
+    """One JSON line per request (`platform.access`, at INFO): who, what, how it went."""
+    notes = request_notes(request)
+    auth, reservation = notes.auth, notes.reservation
+    access_logger.info(
+        "%s %s %s",
+        request.method,
+        request.path,
+        response.status_code,
+        extra={
+            "request_id": request_id,
+            "method": request.method,
+            "route": route,
+            "status": response.status_code,
+            "duration_ms": round(seconds * 1000, 3),
+            "organization_id": auth.organization.pk if auth is not None else None,
+            "key_prefix": auth.api_key.prefix if auth is not None and auth.api_key is not None else None,
+            "tokens_held": reservation.amount if reservation is not None else None,
+            "admission": notes.admission,
+        },
+    )
+
+
 class RequestIDMiddleware:
     """Gives every request an id (the client's X-Request-ID when it is sane), puts it in the
     logs and on the response, and records Prometheus metrics."""
@@ -58,6 +86,8 @@ class RequestIDMiddleware:
         elapsed = time.perf_counter() - started
         REQUESTS.labels(request.method, route, str(response.status_code)).inc()
         REQUEST_LATENCY.labels(route).observe(elapsed)
+        if access_logger.isEnabledFor(logging.INFO):
+            _log_request(request, response, route=route, request_id=request_id, seconds=elapsed)
         return response
 
 

@@ -33,6 +33,9 @@ class RequestNotes:
     # The budget held for this request by admission; the view settles it (or admission
     # cancels it when the view refused the request).
     reservation: Reservation | None = None
+    # What admission decided on a metered route: admitted, rate_limited, insufficient_quota or
+    # unavailable (None: the route is not metered, or its body was not one to estimate).
+    admission: str | None = None
 
 
 _notes: WeakKeyDictionary[HttpRequest, RequestNotes] = WeakKeyDictionary()

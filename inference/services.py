@@ -535,7 +535,9 @@ def _job_generate(job: GenerationJob, spec: GenerationSpec) -> GenerationOutcome
         if reservation is not None:
             reservation.release(status="error")
         raise
-    if reservation is None:
+    if reservation is not None:
+        reservation.model = checked.served
+    else:
         if job.reservation_id:
             reservation_refund(reservation_id=job.reservation_id)
         amount = checked.prompt_tokens + spec.max_tokens

@@ -22,6 +22,7 @@ from django.http import HttpRequest, HttpResponse
 
 from accounts.context import AuthContext
 from common.errors import APIError, internal_error_response
+from common.metrics import ADMISSIONS
 from common.request_notes import RequestNotes, request_notes
 from usage.admission import route_cost
 from usage.ratelimit import LimitState, LimitWindows, RateLimited, format_reset, requests_hit, tokens_hit
@@ -52,6 +53,14 @@ def _may_call(context: AuthContext, view_func: Callable[..., Any]) -> bool:
     view_class = getattr(view_func, "view_class", None) or getattr(view_func, "cls", None)
     scope = getattr(view_class, "required_scope", None)
     return not isinstance(scope, str) or context.has_scope(scope)
+
+
+_OUTCOMES = {"rate_limit_exceeded": "rate_limited"}
+
+
+def _decided(notes: RequestNotes, outcome: str) -> None:
+    notes.admission = _OUTCOMES.get(outcome, outcome)
+    ADMISSIONS.labels(notes.admission).inc()
 
 
 class AdmissionMiddleware:
@@ -108,10 +117,16 @@ class AdmissionMiddleware:
             )
         except APIError as error:
             notes.limits.update(limits.states)
+            _decided(
+                notes,
+                error.code if error.code in ("rate_limit_exceeded", "insufficient_quota") else "refused",
+            )
             return error.to_response()
         except redis.RedisError as exc:
+            _decided(notes, "unavailable")
             return internal_error_response(exc)  # 503: nothing was held or counted
         notes.limits.update(limits.states)
+        _decided(notes, "admitted")
         return None
 
     def _count_requests(self, request: HttpRequest, notes: RequestNotes) -> HttpResponse | None:

@@ -15,6 +15,7 @@ from django.utils import timezone
 from accounts.context import AuthContext
 from accounts.models import BudgetPeriod, EndUserBudget, Organization
 from common.errors import APIError
+from common.metrics import TOKENS
 from usage import periods, ratelimit, records
 from usage.keeper import PendingSettlement, ReservationKeeper
 from usage.ledger import (
@@ -208,6 +209,7 @@ class Reservation:
     ledger: Ledger
     started: datetime
     counters: list[Counter] = field(default_factory=list)
+    model: str = ""
     settled: bool = False
     # Admission made it; the view claims it once it takes the request on (from then on the
     # view settles it). One never claimed is cancelled when the response leaves.
@@ -279,6 +281,10 @@ class Reservation:
         if settlement is not None:
             for label in settlement.crossed_threshold:
                 logger.warning("Budget soft threshold crossed", extra={"budget": label})
+            if not settlement.late:
+                charged_model = model or self.model
+                TOKENS.labels("prompt", charged_model).inc(prompt_tokens)
+                TOKENS.labels("completion", charged_model).inc(completion_tokens)
 
     def release(self, *, status: str = "error") -> None:
         self.settle(prompt_tokens=0, completion_tokens=0, status=status)
@@ -352,7 +358,12 @@ def quota_reserve(
     if not queued_for_seconds:
         _keeper.track(reservation_id)
     return Reservation(
-        reservation_id=reservation_id, amount=amount, ledger=ledger, started=now, counters=counters
+        reservation_id=reservation_id,
+        amount=amount,
+        ledger=ledger,
+        started=now,
+        counters=counters,
+        model=model,
     )
 
 
