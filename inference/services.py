@@ -84,6 +84,7 @@ def handler_get() -> LLMHandler:
                     api_key=settings.LLM_API_KEY,
                     request_timeout_s=settings.LLM_REQUEST_TIMEOUT_SECONDS,
                     max_retries=settings.LLM_MAX_RETRIES,
+                    context_length=settings.LLM_CONTEXT_LENGTH,
                 )
             )
         return _handler
@@ -207,6 +208,26 @@ def _engine_errors_as_api_errors(exc: Exception) -> APIError:
     if isinstance(exc, GenerationFailed):
         return GenerationFailedError(f"The model failed on this request: {exc}")
     raise exc
+
+
+def prompt_tokens_count(*, spec: GenerationSpec) -> int:
+    """The spec's prompt as the served model counts it, its framing (the chat template) included."""
+    try:
+        return handler_get().count_prompt_tokens(spec.engine_request(""))
+    except Exception as exc:
+        raise _engine_errors_as_api_errors(exc) from exc
+
+
+def prompt_tokens_limit(*, spec: GenerationSpec) -> int | None:
+    """The most tokens the spec's prompt may take for its max_tokens to fit the model's context
+    (negative when they alone do not); None when the context is unknown. Waits for the model."""
+    handler = handler_get()
+    try:
+        handler.wait_ready()
+    except Exception as exc:
+        raise _engine_errors_as_api_errors(exc) from exc
+    context_length = handler.context_length()
+    return None if context_length is None else context_length - spec.max_tokens
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from knowledge.serializers import (
     DocumentTextInputSerializer,
     RagInputSerializer,
     RagOutputSerializer,
+    RagSourceSerializer,
     SearchInputSerializer,
     SourceSerializer,
 )
@@ -191,8 +192,10 @@ class RagApi(APIView):
         tags=["knowledge"],
         request=OpenApiRequest(RagInputSerializer),
         responses=RagOutputSerializer,
-        description="generate/ over the caller's documents: retrieves `top_k` passages, answers with "
-        "numbered sources, and returns them in `sources` for citation. With `stream: true`: "
+        description="generate/ over the caller's documents: retrieves `top_k` passages, keeps by rank "
+        "those the model's context has room for beside `max_tokens` (the last one cut at a sentence "
+        "boundary; 400 `context_length_exceeded` when not one fits), answers with numbered sources, and "
+        "returns exactly those in `sources`, with the `used_tokens` each takes. With `stream: true`: "
         "`event: sources`, then `event: token` deltas, then `event: done` with the whole body.",
     )
     def post(self, request: Request) -> Response | StreamingHttpResponse:
@@ -206,7 +209,7 @@ class RagApi(APIView):
             top_k=serializer.validated_data["top_k"],
             document_ids=serializer.validated_data.get("document_ids"),
         )
-        cited: dict[str, Any] = {"sources": SourceSerializer(retrieved.sources, many=True).data}
+        cited: dict[str, Any] = {"sources": RagSourceSerializer(retrieved.sources, many=True).data}
         if retrieved.note:
             cited["note"] = retrieved.note
         if serializer.validated_data["stream"]:

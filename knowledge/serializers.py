@@ -69,11 +69,25 @@ class SourceSerializer(serializers.Serializer):
     text = serializers.CharField()
 
 
+class RagSourceSerializer(SourceSerializer):
+    """A source the prompt held: a search hit whose `text` is what the prompt held of it."""
+
+    used_tokens = serializers.IntegerField(help_text="Tokens it takes of the prompt, in the model's count.")
+    trimmed = serializers.BooleanField(help_text="Cut at a sentence boundary to fit the context.")
+
+    def to_representation(self, instance: Any) -> dict[str, Any]:
+        return {
+            **SourceSerializer(instance.hit).data,
+            "used_tokens": instance.used_tokens,
+            "trimmed": instance.trimmed,
+        }
+
+
 class RagInputSerializer(GenerateInputSerializer):
     top_k = serializers.IntegerField(min_value=1, max_value=20, default=4)
     document_ids = DocumentIdsField(required=False)
 
 
 class RagOutputSerializer(GenerateOutputSerializer):
-    sources = SourceSerializer(many=True)
+    sources = RagSourceSerializer(many=True)
     note = serializers.CharField(required=False)

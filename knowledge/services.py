@@ -3,7 +3,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from functools import partial
 from typing import Any
@@ -19,10 +19,17 @@ from accounts.context import AuthContext
 from accounts.models import Organization
 from common.after_response import after_response
 from common.errors import APIError
-from inference.services import GenerationSpec, embedder_get, embedding_model_name
+from inference.services import (
+    GenerationSpec,
+    embedder_get,
+    embedding_model_name,
+    prompt_tokens_count,
+    prompt_tokens_limit,
+)
 from knowledge.indexes import index_rebuild, index_store, org_key
 from knowledge.lib.chunking import chunk_embedding_text, chunk_text
 from knowledge.lib.index import IndexStoreError
+from knowledge.lib.packing import pack_passages
 from knowledge.lib.parsing import DocumentError, UnsupportedFormat, extract_text, sniff_format
 from knowledge.models import Chunk, Document
 from knowledge.selectors import chunk_ids_of_documents, chunks_by_ids, indexed_document_count
@@ -415,11 +422,21 @@ def rag_prompt(*, question: str, hits: list[SearchHit]) -> str:
 
 
 @dataclass(frozen=True)
+class RagSource:
+    """A passage the prompt holds. `hit.text` is the text it holds: the passage, or its leading
+    sentences when `trimmed`; `used_tokens` is what it takes of the prompt."""
+
+    hit: SearchHit
+    used_tokens: int
+    trimmed: bool
+
+
+@dataclass(frozen=True)
 class RagContext:
-    """What generation gets for a rag/ request: the enriched request and its sources."""
+    """What generation gets for a rag/ request: the enriched request and the sources it holds."""
 
     spec: GenerationSpec
-    sources: list[SearchHit]
+    sources: list[RagSource]
     note: str | None
 
 
@@ -465,13 +482,44 @@ def search_metered(
 def rag_retrieve(
     *, context: AuthContext, spec: GenerationSpec, top_k: int, document_ids: list[int] | None
 ) -> RagContext:
-    """Retrieves from the caller's index and builds the prompt with numbered sources. The
-    enriched prompt is what is counted and charged."""
+    """Retrieves from the caller's index and builds the prompt with numbered sources, packed to
+    fit the model's context (`rag_pack`). The enriched prompt is what is counted and charged."""
     organization = context.organization
     if indexed_document_count(organization=organization) == 0:
         return RagContext(spec=spec, sources=[], note=NO_DOCUMENTS_NOTE)
     assert spec.prompt is not None
     hits = search(organization=organization, query=spec.prompt, top_k=top_k, document_ids=document_ids)
-    enriched = GenerationSpec(**{**vars(spec), "prompt": rag_prompt(question=spec.prompt, hits=hits)})
+    sources = rag_pack(spec=spec, hits=hits)
+    enriched = replace(spec, prompt=rag_prompt(question=spec.prompt, hits=[s.hit for s in sources]))
     note = None if hits else "No passage of your documents matched the question."
-    return RagContext(spec=enriched, sources=hits, note=note)
+    return RagContext(spec=enriched, sources=sources, note=note)
+
+
+def rag_pack(*, spec: GenerationSpec, hits: list[SearchHit]) -> list[RagSource]:
+    """The hits the prompt can hold, by rank: what the model's context leaves beside
+    `max_tokens` and the question in its template, counted as the model counts the framed
+    request; the last one is cut at a sentence boundary. A context too small for even one
+    passage is a 400 that says so. With no known context length, every hit is used."""
+    question = spec.prompt
+    assert question is not None
+
+    def count(texts: list[str]) -> int:
+        passages = [replace(hit, text=text) for hit, text in zip(hits, texts, strict=False)]
+        return prompt_tokens_count(spec=replace(spec, prompt=rag_prompt(question=question, hits=passages)))
+
+    limit = prompt_tokens_limit(spec=spec)
+    packing = pack_passages(passages=[hit.text for hit in hits], count=count, limit=limit)
+    if hits and not packing.passages:
+        assert limit is not None
+        raise APIError(
+            f"The sources do not fit: the model's {limit + spec.max_tokens}-token context, less "
+            f"max_tokens ({spec.max_tokens}) and the question in its template ({packing.base_tokens}), "
+            f"leaves {max(0, limit - packing.base_tokens)} tokens, too few for even one passage. "
+            "Lower max_tokens or shorten the question.",
+            param="max_tokens",
+            code="context_length_exceeded",
+        )
+    return [
+        RagSource(hit=replace(hits[p.rank], text=p.text), used_tokens=p.used_tokens, trimmed=p.trimmed)
+        for p in packing.passages
+    ]

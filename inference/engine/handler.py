@@ -36,12 +36,17 @@ class EngineConfig:
     request_timeout_s: float = 120.0
     max_retries: int = 2
     retry_backoff_s: float = 0.5  # first retry delay; doubles on each further retry
+    # The model's context in tokens where the backend cannot tell (an openai upstream does not
+    # say); a backend that knows its model's own (a local model's config) keeps that one.
+    context_length: int | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in ("local", "openai"):
             raise ValueError(f"unknown backend {self.backend!r}")
         if self.max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
+        if self.context_length is not None and self.context_length < 1:
+            raise ValueError("context_length must be >= 1")
 
 
 class Backend(Protocol):
@@ -99,7 +104,7 @@ class LLMHandler:
             active_requests=active,
             queued_requests=queued,
             max_batch_size=self._config.max_batch_size,
-            context_length=backend.context_length() if backend else None,
+            context_length=self.context_length(),
         )
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
@@ -109,6 +114,10 @@ class LLMHandler:
         """Chunks, then one GenerationResult. See GenerationStream for closing early."""
         return self._ready_backend().start(request)
 
+    def wait_ready(self) -> None:
+        """Loads the model if needed and waits for it (EngineUnavailable past `load_timeout_s`)."""
+        self._ready_backend()
+
     def count_tokens(self, text: str) -> int:
         return self._ready_backend().count_tokens(text)
 
@@ -116,10 +125,14 @@ class LLMHandler:
         return self._ready_backend().count_prompt_tokens(request)
 
     def context_length(self) -> int | None:
-        """None until the model is loaded, and for upstreams that do not tell."""
+        """The backend's own, else the configured one; None until the model is loaded, and for
+        an upstream that does not tell when none is configured."""
         with self._lock:
             backend = self._backend
-        return backend.context_length() if backend else None
+        if backend is None:
+            return None
+        own = backend.context_length()
+        return own if own is not None else self._config.context_length
 
     def shutdown(self) -> None:
         """Stop the backend; waiting and running requests fail with EngineUnavailable. A later

@@ -321,6 +321,9 @@ LLM_TORCH_THREADS = env.int("LLM_TORCH_THREADS", default=0)
 LLM_LOAD_TIMEOUT_SECONDS = env.float("LLM_LOAD_TIMEOUT_SECONDS", default=120.0)
 LLM_REQUEST_TIMEOUT_SECONDS = env.float("LLM_REQUEST_TIMEOUT_SECONDS", default=300.0)
 LLM_MAX_RETRIES = env.int("LLM_MAX_RETRIES", default=2)
+# The model's context in tokens, for a backend that cannot tell (an openai upstream); unset, a
+# local model's own is used and a remote one's is unknown (nothing is fitted to it).
+LLM_CONTEXT_LENGTH: int | None = env.int("LLM_CONTEXT_LENGTH", default=None)
 LLM_WARMUP = env.bool("LLM_WARMUP", default=False)
 EMBEDDING_MODEL = env.str("EMBEDDING_MODEL", default="")
 

@@ -276,3 +276,15 @@ def test_openai_backend_is_ready_without_loading(upstream: tuple[FakeUpstream, s
         "upstream-model",
     )
     assert status.context_length is None
+
+
+def test_a_configured_context_length_stands_for_the_upstream_s(upstream: tuple[FakeUpstream, str]) -> None:
+    _, base_url = upstream
+    llm = openai_handler(base_url, context_length=4096)
+    assert llm.context_length() is None  # not loaded yet
+
+    llm.count_tokens("wait for the backend")
+
+    assert llm.context_length() == llm.status().context_length == 4096
+    with pytest.raises(ValueError, match="context_length"):
+        EngineConfig(backend="openai", context_length=0)
