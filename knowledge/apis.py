@@ -176,6 +176,7 @@ class SearchApi(APIView):
             top_k=data["top_k"],
             document_ids=data.get("document_ids"),
             min_score=data.get("min_score"),
+            mode=data["mode"],
             request_id=notes.request_id,
             admitted=notes.reservation,
         )
@@ -208,6 +209,7 @@ class RagApi(APIView):
             spec=serializer.to_spec(),
             top_k=serializer.validated_data["top_k"],
             document_ids=serializer.validated_data.get("document_ids"),
+            mode=serializer.validated_data["mode"],
         )
         cited: dict[str, Any] = {"sources": RagSourceSerializer(retrieved.sources, many=True).data}
         if retrieved.note:

@@ -7,6 +7,7 @@ from rest_framework import serializers
 
 from inference.serializers import GenerateInputSerializer, GenerateOutputSerializer
 from knowledge.models import Document
+from knowledge.services import SEARCH_MODES
 
 
 class DocumentOutputSerializer(serializers.ModelSerializer):
@@ -53,11 +54,29 @@ class DocumentIdsField(serializers.ListField):
         return super().to_internal_value(data)
 
 
+class SearchModeField(serializers.ChoiceField):
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("choices", SEARCH_MODES)
+        kwargs.setdefault("default", "hybrid")
+        kwargs.setdefault(
+            "help_text",
+            "`vector`: by meaning; `keyword`: by the words the passage shares with the query (names, "
+            "identifiers, error codes match whole); `hybrid`: both, fused by reciprocal rank.",
+        )
+        super().__init__(**kwargs)
+
+
 class SearchInputSerializer(serializers.Serializer):
     query = serializers.CharField(max_length=settings.KNOWLEDGE_MAX_QUERY_CHARS)
     top_k = serializers.IntegerField(min_value=1, max_value=50, default=5)
     document_ids = DocumentIdsField(required=False)
-    min_score = serializers.FloatField(min_value=-1.0, max_value=1.0, required=False)
+    min_score = serializers.FloatField(
+        min_value=-1.0,
+        max_value=1.0,
+        required=False,
+        help_text="The least cosine similarity between the query and a passage, in every mode.",
+    )
+    mode = SearchModeField()
 
 
 class SourceSerializer(serializers.Serializer):
@@ -86,6 +105,7 @@ class RagSourceSerializer(SourceSerializer):
 class RagInputSerializer(GenerateInputSerializer):
     top_k = serializers.IntegerField(min_value=1, max_value=20, default=4)
     document_ids = DocumentIdsField(required=False)
+    mode = SearchModeField()
 
 
 class RagOutputSerializer(GenerateOutputSerializer):

@@ -27,6 +27,7 @@ from inference.services import (
     prompt_tokens_limit,
 )
 from knowledge.indexes import index_rebuild, index_store, org_key
+from knowledge.keywords import keyword_index_add, keyword_index_remove, keyword_search
 from knowledge.lib.chunking import chunk_embedding_text, chunk_text
 from knowledge.lib.index import IndexStoreError
 from knowledge.lib.packing import pack_passages
@@ -216,7 +217,7 @@ def _ingest(document: Document) -> None:
         max_tokens=embedder.max_tokens,
         overlap_tokens=settings.KNOWLEDGE_CHUNK_OVERLAP_TOKENS,
     )
-    Chunk.objects.filter(document=document).delete()  # a previous attempt's chunks
+    _chunks_delete(document)  # a previous attempt's chunks
     reservation = _ingestion_reserve(document, tokens=sum(piece.token_count for piece in pieces))
     try:
         _embed_and_index(document, pieces=pieces, title=title)
@@ -293,8 +294,17 @@ def _write_chunks(document: Document, group: list[Any], embedded: np.ndarray, do
             for c, vector in zip(group, embedded, strict=True)
         ]
     )
+    keyword_index_add(
+        rows=[(chunk.pk, chunk.organization_id, chunk.document_id, chunk.text) for chunk in created]
+    )
     Document.objects.filter(pk=document.pk).update(chunks_embedded=done, heartbeat_at=timezone.now())
     return [chunk.pk for chunk in created]
+
+
+def _chunks_delete(document: Document) -> None:
+    chunks = Chunk.objects.filter(document=document)
+    keyword_index_remove(chunk_ids=list(chunks.values_list("pk", flat=True)))
+    chunks.delete()
 
 
 def document_retry(*, document: Document) -> Document:
@@ -339,6 +349,7 @@ def document_delete(*, document: Document) -> None:
     the database, so a deleted document is never retrieved even before its vectors are gone."""
     chunk_ids = list(Chunk.objects.filter(document=document).values_list("pk", flat=True))
     organization_id = document.organization_id
+    keyword_index_remove(chunk_ids=chunk_ids)
     document.delete()
 
     def remove_vectors() -> None:
@@ -367,6 +378,17 @@ class SearchHit:
     text: str
 
 
+SEARCH_MODES = ("hybrid", "vector", "keyword")
+
+# Reciprocal rank fusion (Cormack, Clarke and Buettcher, 2009): a passage's fused score is the sum,
+# over the rankings it is in, of 1 / (RRF_K + its rank). 60 is the paper's constant: a first place
+# in one ranking weighs little more than a tenth place, so agreement between the two wins.
+RRF_K = 60
+# How deep each ranking is read before fusing: a passage the keywords rank first but the vectors
+# rank 30th (or the reverse) must still reach the fusion.
+FUSION_DEPTH = 50
+
+
 def search(
     *,
     organization: Organization,
@@ -374,8 +396,40 @@ def search(
     top_k: int,
     document_ids: list[int] | None = None,
     min_score: float | None = None,
+    mode: str = "hybrid",
 ) -> list[SearchHit]:
-    vector = embedder_get().embed([query])[0]
+    """The organization's passages that best answer `query`: by meaning (`vector`), by the words
+    they share with it (`keyword`), or both fused by reciprocal rank (`hybrid`). `score` is the
+    cosine similarity, the keyword rank or the fused score accordingly; `min_score` is always a
+    cosine similarity. Every candidate is checked against the database."""
+    if mode not in SEARCH_MODES:
+        raise ValueError(f"unknown search mode {mode!r}")
+    depth = max(top_k, FUSION_DEPTH) if mode == "hybrid" else top_k
+    vector = embedder_get().embed([query])[0] if mode != "keyword" or min_score is not None else None
+    similarity: dict[int, float] = {}
+    rankings: list[list[tuple[int, float]]] = []
+    if mode != "keyword":
+        assert vector is not None
+        found = _vector_candidates(organization, vector, depth, document_ids)
+        similarity = {hit_id: score for hit_id, score in found}
+        rankings.append(found)
+    if mode != "vector":
+        keyword = keyword_search(
+            organization_id=organization.pk, query=query, k=depth, document_ids=document_ids
+        )
+        rankings.append([(hit.id, hit.score) for hit in keyword])
+    ranked = _rrf(rankings) if mode == "hybrid" else rankings[0]
+    if min_score is not None:
+        assert vector is not None
+        missing = [hit_id for hit_id, _ in ranked if hit_id not in similarity]
+        similarity.update(_similarities(organization, missing, vector))
+        ranked = [(hit_id, score) for hit_id, score in ranked if similarity[hit_id] >= min_score]
+    return _checked_hits(organization, ranked, top_k)
+
+
+def _vector_candidates(
+    organization: Organization, vector: np.ndarray, k: int, document_ids: list[int] | None
+) -> list[tuple[int, float]]:
     allowed = None
     if document_ids is not None:
         allowed = chunk_ids_of_documents(organization=organization, document_ids=document_ids)
@@ -383,27 +437,55 @@ def search(
             return []
     store, key = index_store(), org_key(organization)
     try:
-        found = store.search(org_key=key, query_vector=vector, k=top_k, allowed_ids=allowed)
+        found = store.search(org_key=key, query_vector=vector, k=k, allowed_ids=allowed)
     except IndexStoreError:
         if index_rebuild(organization=organization) == 0:
             return []
-        found = store.search(org_key=key, query_vector=vector, k=top_k, allowed_ids=allowed)
-    chunks = chunks_by_ids(organization=organization, chunk_ids=[hit.id for hit in found])
-    hits = []
-    for hit in found:
-        chunk = chunks.get(hit.id)
-        if chunk is None or (min_score is not None and hit.score < min_score):
-            continue
-        hits.append(
-            SearchHit(
-                document_id=chunk.document_id,
-                title=chunk.document.title,
-                chunk_id=chunk.pk,
-                position=chunk.position,
-                score=round(float(hit.score), 6),
-                text=chunk.text,
+        found = store.search(org_key=key, query_vector=vector, k=k, allowed_ids=allowed)
+    return [(hit.id, float(hit.score)) for hit in found]
+
+
+def _rrf(rankings: list[list[tuple[int, float]]]) -> list[tuple[int, float]]:
+    fused: dict[int, float] = {}
+    for ranking in rankings:
+        for rank, (hit_id, _score) in enumerate(ranking, start=1):
+            fused[hit_id] = fused.get(hit_id, 0.0) + 1.0 / (RRF_K + rank)
+    return sorted(fused.items(), key=lambda item: (-item[1], item[0]))
+
+
+def _similarities(organization: Organization, chunk_ids: list[int], vector: np.ndarray) -> dict[int, float]:
+    """Cosine similarity of each chunk to the query, from the embeddings in the database (for
+    keyword hits that the vector search did not return)."""
+    if not chunk_ids:
+        return {}
+    rows = Chunk.objects.filter(organization=organization, pk__in=chunk_ids).values_list("pk", "embedding")
+    return {pk: float(np.frombuffer(bytes(embedding), dtype=np.float32) @ vector) for pk, embedding in rows}
+
+
+def _checked_hits(organization: Organization, ranked: list[tuple[int, float]], top_k: int) -> list[SearchHit]:
+    """The first `top_k` candidates that are chunks of this organization's indexed documents.
+    Read a few at a time: a stale candidate (deleted, re-ingesting) is rare."""
+    hits: list[SearchHit] = []
+    batch = max(2 * top_k, 10)
+    for start in range(0, len(ranked), batch):
+        part = ranked[start : start + batch]
+        chunks = chunks_by_ids(organization=organization, chunk_ids=[hit_id for hit_id, _ in part])
+        for hit_id, score in part:
+            chunk = chunks.get(hit_id)
+            if chunk is None:
+                continue
+            hits.append(
+                SearchHit(
+                    document_id=chunk.document_id,
+                    title=chunk.document.title,
+                    chunk_id=chunk.pk,
+                    position=chunk.position,
+                    score=round(float(score), 6),
+                    text=chunk.text,
+                )
             )
-        )
+            if len(hits) == top_k:
+                return hits
     return hits
 
 
@@ -449,9 +531,11 @@ def search_metered(
     min_score: float | None,
     request_id: str,
     admitted: Reservation | None,
+    mode: str = "hybrid",
 ) -> list[SearchHit]:
     """`search` for the API: the query's embedding is charged as embeddings are (its tokens, at
-    the embedding model), on the budget admission held."""
+    the embedding model), on the budget admission held. A keyword search embeds nothing (unless
+    `min_score` asks for similarities) and is charged nothing."""
     tokens = embedder_get().count_tokens(query)
     reservation = quota_hold(
         admitted=admitted,
@@ -470,17 +554,24 @@ def search_metered(
             top_k=top_k,
             document_ids=document_ids,
             min_score=min_score,
+            mode=mode,
         )
     except BaseException:
         reservation.release(status="error")
         raise
+    embedded = 0 if mode == "keyword" and min_score is None else tokens
     # Charged once the response is sent (the tokens stay reserved until then).
-    after_response(partial(reservation.settle, prompt_tokens=tokens, completion_tokens=0))
+    after_response(partial(reservation.settle, prompt_tokens=embedded, completion_tokens=0))
     return hits
 
 
 def rag_retrieve(
-    *, context: AuthContext, spec: GenerationSpec, top_k: int, document_ids: list[int] | None
+    *,
+    context: AuthContext,
+    spec: GenerationSpec,
+    top_k: int,
+    document_ids: list[int] | None,
+    mode: str = "hybrid",
 ) -> RagContext:
     """Retrieves from the caller's index and builds the prompt with numbered sources, packed to
     fit the model's context (`rag_pack`). The enriched prompt is what is counted and charged."""
@@ -488,7 +579,9 @@ def rag_retrieve(
     if indexed_document_count(organization=organization) == 0:
         return RagContext(spec=spec, sources=[], note=NO_DOCUMENTS_NOTE)
     assert spec.prompt is not None
-    hits = search(organization=organization, query=spec.prompt, top_k=top_k, document_ids=document_ids)
+    hits = search(
+        organization=organization, query=spec.prompt, top_k=top_k, document_ids=document_ids, mode=mode
+    )
     sources = rag_pack(spec=spec, hits=hits)
     enriched = replace(spec, prompt=rag_prompt(question=spec.prompt, hits=[s.hit for s in sources]))
     note = None if hits else "No passage of your documents matched the question."

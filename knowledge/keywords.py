@@ -1,0 +1,178 @@
+"""The keyword index beside the vector index: full-text search in the database itself.
+
+PostgreSQL: a generated `tsvector` column on knowledge_chunk (`to_tsvector('simple', text)`)
+with a GIN index, ranked BM25-like: each word's `ts_rank_cd` weighted by its rarity. SQLite (the embedded default): an FTS5 table
+(knowledge_chunk_fts, rowid = chunk id), ranked by BM25, which the services that write and
+delete chunks keep in step. Both are created by migration 0002. The database is the truth here
+as well, so every process on every machine sees the same keyword index with nothing to sync.
+
+The 'simple' configuration neither stems nor drops words, so identifiers and error codes stay
+whole: PostgreSQL parses `model_not_found` into the phrase model <-> not <-> found (and the query
+is parsed the same way, so it matches that phrase only), `E1234` and `os.path.join` into one
+token each; FTS5 keeps underscores inside tokens (`tokenchars '_'`). Questions are matched by
+any of their words (OR), with common English words left out: they would match every passage.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import connection
+
+FTS_TABLE = "knowledge_chunk_fts"
+
+# Words a question is made of that say nothing about which passage answers it.
+_STOPWORDS = """a about above after again all also am an and any are as at be because been before being
+    below between both but by can could did do does doing done down during each either else
+    every few for from further get gets got had has have having he her here hers him his how i
+    if in into is it its itself just let me might more most much must my no nor not of off on
+    once only or other our ours out over own per same shall she should so some such than that
+    the their theirs them then there these they this those through to too under until up upon
+    us use used uses using very via was we were what when where whether which while who whom
+    whose why will with within without would yes yet you your yours"""
+STOPWORDS = frozenset(_STOPWORDS.split())
+
+MAX_QUERY_WORDS = 32
+
+# Punctuation around a word ("model_not_found?", "(E1234)") is not part of it.
+_EDGE = re.compile(r"^[^\w]+|[^\w]+$")
+
+
+@dataclass(frozen=True)
+class KeywordHit:
+    id: int
+    score: float
+
+
+def query_words(query: str) -> list[str]:
+    """The distinct words of a question that are worth matching, in order, at most
+    MAX_QUERY_WORDS (a rag/ prompt can be long)."""
+    words: list[str] = []
+    seen: set[str] = set()
+    for raw in query.split():
+        word = _EDGE.sub("", raw.replace('"', ""))
+        lowered = word.lower()
+        if not word or lowered in STOPWORDS or lowered in seen or not re.search(r"\w", word):
+            continue
+        seen.add(lowered)
+        words.append(word)
+        if len(words) == MAX_QUERY_WORDS:
+            break
+    return words
+
+
+def keyword_search(
+    *, organization_id: int, query: str, k: int, document_ids: Sequence[int] | None = None
+) -> list[KeywordHit]:
+    """The organization's chunks that contain any word of the query, best first. The ids are
+    candidates: the caller checks them against the database as it does vector hits."""
+    words = query_words(query)
+    if not words or k <= 0:
+        return []
+    if connection.vendor == "postgresql":
+        return _postgresql_search(organization_id, words, k, document_ids)
+    if connection.vendor == "sqlite":
+        return _sqlite_search(organization_id, words, k, document_ids)
+    raise NotImplementedError(f"No keyword index on {connection.vendor}")
+
+
+# The rank ts_rank_cd (normalized by log length) gives one occurrence of a word in a passage of
+# usual length (~200 words): the term-frequency saturation point, as BM25's k1 = 1 would put it.
+_ONE_OCCURRENCE = 0.016
+
+# Each query word is matched on its own so that it can be weighted by its rarity in the
+# organization (inverse document frequency, as BM25 has it; ts_rank_cd alone weighs "ticket" and
+# "ZX_4471_ROSE" alike). websearch_to_tsquery parses a quoted word as the column was parsed (a
+# phrase when the parser splits it, as model_not_found) and never fails on user input.
+_POSTGRESQL_QUERY = """
+WITH words AS (
+    SELECT websearch_to_tsquery('simple', '"' || word || '"') AS query FROM unnest(%(words)s::text[]) AS word
+),
+matches AS (
+    SELECT chunk.id, words.query, ts_rank_cd(chunk.search_vector, words.query, 1) AS rank
+    FROM words JOIN knowledge_chunk AS chunk ON chunk.search_vector @@ words.query
+    WHERE chunk.organization_id = %(organization_id)s {scope}
+),
+frequency AS (SELECT query, count(*) AS df FROM matches GROUP BY query),
+total AS (
+    SELECT greatest(coalesce(sum(chunks_total), 0), 1) AS n FROM knowledge_document
+    WHERE organization_id = %(organization_id)s
+)
+SELECT matches.id,
+       sum(ln(1 + (total.n - frequency.df + 0.5) / (frequency.df + 0.5))
+           * matches.rank / (matches.rank + %(one)s)) AS score
+FROM matches JOIN frequency USING (query) CROSS JOIN total
+GROUP BY matches.id
+ORDER BY score DESC, matches.id
+LIMIT %(k)s
+"""
+
+
+def _postgresql_search(
+    organization_id: int, words: list[str], k: int, document_ids: Sequence[int] | None
+) -> list[KeywordHit]:
+    scope = "" if document_ids is None else "AND chunk.document_id = ANY(%(document_ids)s)"
+    params: dict[str, Any] = {
+        "words": [word.lower() for word in words],
+        "organization_id": organization_id,
+        "document_ids": list(document_ids or []),
+        "one": _ONE_OCCURRENCE,
+        "k": k,
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_POSTGRESQL_QUERY.format(scope=scope), params)
+        return [KeywordHit(id=row[0], score=float(row[1])) for row in cursor.fetchall()]
+
+
+def _sqlite_search(
+    organization_id: int, words: list[str], k: int, document_ids: Sequence[int] | None
+) -> list[KeywordHit]:
+    # Each word quoted: FTS5 reads it as a string (a phrase if it tokenizes into several),
+    # never as query syntax.
+    match = " OR ".join('"' + word.replace('"', '""') + '"' for word in words)
+    params: list[Any] = [match, organization_id]
+    scope = ""
+    if document_ids is not None:
+        if not document_ids:
+            return []
+        scope = f"AND document_id IN ({', '.join('%s' for _ in document_ids)})"
+        params.extend(document_ids)
+    params.append(k)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            SELECT rowid, bm25({FTS_TABLE}) AS rank FROM {FTS_TABLE}
+            WHERE {FTS_TABLE} MATCH %s AND organization_id = %s {scope}
+            ORDER BY rank, rowid
+            LIMIT %s
+            """,
+            params,
+        )
+        # bm25() is lower for better matches.
+        return [KeywordHit(id=row[0], score=-float(row[1])) for row in cursor.fetchall()]
+
+
+def keyword_index_add(*, rows: Iterable[tuple[int, int, int, str]]) -> None:
+    """Indexes chunks given as (chunk id, organization id, document id, text). On PostgreSQL
+    the generated column already has; only SQLite's FTS5 table is written."""
+    if connection.vendor != "sqlite":
+        return
+    with connection.cursor() as cursor:
+        cursor.executemany(
+            f"INSERT INTO {FTS_TABLE} (rowid, organization_id, document_id, text) VALUES (%s, %s, %s, %s)",
+            list(rows),
+        )
+
+
+def keyword_index_remove(*, chunk_ids: Sequence[int]) -> None:
+    """Removes chunks from SQLite's FTS5 table (PostgreSQL's column goes with its row)."""
+    if connection.vendor != "sqlite" or not chunk_ids:
+        return
+    batch = 500  # within SQLite's limit on bound parameters
+    with connection.cursor() as cursor:
+        for start in range(0, len(chunk_ids), batch):
+            part = list(chunk_ids[start : start + batch])
+            cursor.execute(f"DELETE FROM {FTS_TABLE} WHERE rowid IN ({', '.join('%s' for _ in part)})", part)
