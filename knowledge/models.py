@@ -65,3 +65,35 @@ class Chunk(models.Model):
             models.UniqueConstraint(fields=("document", "position"), name="one_chunk_per_position")
         ]
         indexes = [models.Index(fields=("organization", "document"))]
+
+
+class KnowledgeVersion(models.Model):
+    """How many times the organization's searchable chunks changed. Incremented, under this row's
+    lock, in the transaction that records the change: versions commit in order, so a process
+    that reads version N can read every change up to N."""
+
+    organization = models.OneToOneField(
+        Organization, on_delete=models.CASCADE, primary_key=True, related_name="+"
+    )
+    version = models.PositiveBigIntegerField(default=0)
+
+
+class KnowledgeChange(models.Model):
+    """One change to an organization's searchable chunks, at one version: the chunks of a document
+    that became indexed, or of one that was deleted. Processes catch their indexes up from these
+    rows; a process that finds one missing rebuilds from the chunks instead."""
+
+    class Action(models.TextChoices):
+        ADDED = "added", "Added"
+        REMOVED = "removed", "Removed"
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    version = models.PositiveBigIntegerField()
+    action = models.CharField(max_length=8, choices=Action.choices)
+    chunk_ids = models.BinaryField(help_text="int64 little-endian chunk primary keys.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=("organization", "version"), name="one_change_per_version")
+        ]

@@ -26,13 +26,13 @@ from inference.services import (
     prompt_tokens_count,
     prompt_tokens_limit,
 )
-from knowledge.indexes import index_rebuild, index_store, org_key
+from knowledge.indexes import index_catch_up, index_change_record, index_rebuild, index_store, org_key
 from knowledge.keywords import keyword_index_add, keyword_index_remove, keyword_search
 from knowledge.lib.chunking import chunk_embedding_text, chunk_text
 from knowledge.lib.index import IndexStoreError
 from knowledge.lib.packing import pack_passages
 from knowledge.lib.parsing import DocumentError, UnsupportedFormat, extract_text, sniff_format
-from knowledge.models import Chunk, Document
+from knowledge.models import Chunk, Document, KnowledgeChange
 from knowledge.selectors import chunk_ids_of_documents, chunks_by_ids, indexed_document_count
 from usage.services import QuotaExceeded, Reservation, quota_hold, quota_reserve
 
@@ -225,7 +225,15 @@ def _ingest(document: Document) -> None:
         reservation.release(status="error")
         raise
     reservation.settle(prompt_tokens=reservation.amount, completion_tokens=0)
-    _set_status(document, Document.Status.INDEXED, indexed_at=timezone.now())
+    with transaction.atomic():
+        _set_status(document, Document.Status.INDEXED, indexed_at=timezone.now())
+        # Read after the status update, which waits for a concurrent delete: a deleted
+        # document has no chunks left to publish.
+        index_change_record(
+            organization=document.organization_id,
+            action=KnowledgeChange.Action.ADDED,
+            chunk_ids=chunk_ids_of_documents(organization=document.organization, document_ids=[document.pk]),
+        )
 
 
 def _ingestion_reserve(document: Document, *, tokens: int) -> Reservation:
@@ -255,8 +263,6 @@ def _embed_and_index(document: Document, *, pieces: list[Any], title: str) -> No
     batch = settings.KNOWLEDGE_EMBED_BATCH
     groups = [pieces[start : start + batch] for start in range(0, len(pieces), batch)]
     texts = [[chunk_embedding_text(chunk=c, title=title) for c in group] for group in groups]
-    ids: list[int] = []
-    vectors: list[np.ndarray] = []
     # The next batch is encoded in a thread (the encoder releases the GIL) while this one is
     # written to the database on the caller's connection.
     with ThreadPoolExecutor(max_workers=1) as encoder:
@@ -268,14 +274,8 @@ def _embed_and_index(document: Document, *, pieces: list[Any], title: str) -> No
             if index + 1 < len(groups):
                 future = encoder.submit(embedder.embed, texts[index + 1], batch_size=batch)
             done += len(group)
-            ids.extend(_write_chunks(document, group, embedded, done))
-            vectors.append(embedded)
-    if ids:
-        index_store().add(
-            org_key=org_key(document.organization_id),
-            ids=np.asarray(ids, dtype=np.int64),
-            vectors=np.vstack(vectors),
-        )
+            _write_chunks(document, group, embedded, done)
+    # The vectors reach the indexes from the database once the document is indexed (`_ingest`).
 
 
 def _write_chunks(document: Document, group: list[Any], embedded: np.ndarray, done: int) -> list[int]:
@@ -352,17 +352,10 @@ def document_delete(*, document: Document) -> None:
     keyword_index_remove(chunk_ids=chunk_ids)
     document.delete()
 
-    def remove_vectors() -> None:
-        if not chunk_ids:
-            return
-        try:
-            index_store().remove(org_key=org_key(organization_id), ids=np.asarray(chunk_ids, dtype=np.int64))
-        except IndexStoreError:
-            logger.warning(
-                "Index of organization %s unreadable while deleting; it will be rebuilt", organization_id
-            )
-
-    transaction.on_commit(remove_vectors)
+    # Gone from this process's index once committed, from the others' at their next search.
+    index_change_record(
+        organization=organization_id, action=KnowledgeChange.Action.REMOVED, chunk_ids=chunk_ids
+    )
 
 
 # --- Retrieval ----------------------------------------------------------------------------
@@ -435,6 +428,7 @@ def _vector_candidates(
         allowed = chunk_ids_of_documents(organization=organization, document_ids=document_ids)
         if not allowed:
             return []
+    index_catch_up(organization=organization)
     store, key = index_store(), org_key(organization)
     try:
         found = store.search(org_key=key, query_vector=vector, k=k, allowed_ids=allowed)

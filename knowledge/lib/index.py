@@ -13,10 +13,18 @@ Two kinds of index:
   tombstones pass `compact_ratio` of the slots, the graph is rebuilt without them. Tombstones
   name slots rather than ids so that re-adding an id only costs a tombstone on its old slot.
 
+Versions: each file records, in its header, the version of the organization's data it reflects
+(a number the caller takes from the database, which counts the changes to the organization's
+chunks). `apply` moves a file from one version to a later one with the changes in between and
+never moves it backwards, so a process can tell whether its copy is current and catch up with
+only what changed. A file may already hold changes beyond its version, never fewer: replaying a
+change it holds (add an id again, remove an absent one) leaves it as it was.
+
 Concurrency: every change is a read-modify-write of the whole file under an exclusive
 `fcntl.flock` on `<root>/<org_key>.lock`, ending in an atomic `os.replace`, so concurrent writers
 in different processes serialize and readers always see a complete file. Readers take no lock:
 each search stats the file and reloads its in-memory copy when (mtime, size, inode) changed.
+The version travels in the same file as the vectors, so the two can never disagree.
 """
 
 from __future__ import annotations
@@ -50,7 +58,7 @@ DEFAULT_COMPACT_RATIO = 0.2
 DEFAULT_CACHE_BYTES = 1024 * 1024 * 1024
 
 _MAGIC = b"KNOWIDX1"
-_FORMAT_VERSION = 2
+_FORMAT_VERSION = 3
 _HEADER_LENGTH = struct.Struct("<I")
 _ORG_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -79,6 +87,7 @@ class IndexInfo:
     tombstones: int
     dim: int
     file_bytes: int
+    version: int
 
 
 @dataclass
@@ -90,6 +99,8 @@ class _State:
     index: faiss.IndexIDMap
     # Sorted slot positions (not ids) whose vectors were removed; always empty for "exact".
     tombstones: npt.NDArray[np.int64]
+    # The version of the organization's data this content reflects (see the module docstring).
+    version: int = 0
 
     @property
     def ids(self) -> npt.NDArray[np.int64]:
@@ -137,6 +148,7 @@ class _Snapshot:
         self.sorted_ids = self.ids[self.order]
         self.tombstone_count = len(state.tombstones)
         self.live_count = state.live_count
+        self.version = state.version
         self.nbytes = key[1]
         self.live_mask: npt.NDArray[np.bool_] | None = None
         self._live_bits: npt.NDArray[np.uint8] | None = None
@@ -279,7 +291,13 @@ class IndexStore:
             tombstones=snapshot.tombstone_count,
             dim=snapshot.dim,
             file_bytes=snapshot.nbytes,
+            version=snapshot.version,
         )
+
+    def version(self, *, org_key: str) -> int:
+        """The version of the data the organization's file reflects. Raises `IndexMissing` /
+        `IndexCorrupt`. Costs a `stat` when the file is loaded already."""
+        return self._snapshot(org_key).version
 
     # Writes ----------------------------------------------------------------------------------
 
@@ -315,11 +333,58 @@ class IndexStore:
                 self._commit(org_key, self._rebalanced(state))
             return removed
 
-    def rebuild(self, *, org_key: str, ids: npt.ArrayLike, vectors: npt.ArrayLike) -> None:
-        """Replace the organization's index with exactly these vectors (from the database)."""
+    def apply(
+        self,
+        *,
+        org_key: str,
+        base_version: int,
+        version: int,
+        add_ids: npt.ArrayLike,
+        add_vectors: npt.ArrayLike,
+        remove_ids: npt.ArrayLike,
+    ) -> bool:
+        """Move the file to `version` with the net changes made after `base_version`: the ids
+        removed in between, and the ids added in between and still present.
+
+        Those changes bring any file whose version lies in [base_version, version] to `version`
+        (replaying what it already holds changes nothing). Returns False, changing nothing, when
+        the file is older than `base_version` (the changes do not cover it: compute them again);
+        a file already at or past `version` is left as it is. Raises `IndexMissing` /
+        `IndexCorrupt`.
+        """
+        if version < base_version:
+            raise ValueError("version must not be older than base_version")
+        removed = _validated_ids(remove_ids)
+        added = _validated_ids(add_ids)
+        with self._write_lock(org_key):
+            path = self._path(org_key)
+            if not path.exists():
+                raise IndexMissing(f"no index for organization {org_key!r}")
+            state = _read_state(path)
+            if state.version >= version:
+                return True
+            if state.version < base_version:
+                return False
+            if removed.size:
+                _retire(state, removed)
+            if added.size:
+                added, matrix = _validated_batch(added, add_vectors)
+                if matrix.shape[1] != state.dim:
+                    raise ValueError(f"vectors have dimension {matrix.shape[1]}, index has {state.dim}")
+                _retire(state, added)
+                state.index.add_with_ids(matrix, added)
+            state.version = version
+            self._commit(org_key, self._rebalanced(state))
+            return True
+
+    def rebuild(self, *, org_key: str, ids: npt.ArrayLike, vectors: npt.ArrayLike, version: int = 0) -> None:
+        """Replace the organization's index with exactly these vectors (from the database), read
+        after `version` was: they reflect at least that version."""
         id_array, matrix = _validated_batch(ids, vectors)
         with self._write_lock(org_key):
-            self._commit(org_key, self._built(ids=id_array, vectors=matrix))
+            state = self._built(ids=id_array, vectors=matrix)
+            state.version = version
+            self._commit(org_key, state)
 
     def drop(self, *, org_key: str) -> None:
         """Delete the organization's index file; a no-op if there is none.
@@ -451,7 +516,9 @@ class IndexStore:
     def _compacted(self, state: _State) -> _State:
         live = state.live_mask()
         vectors = faiss.downcast_index(state.index.index).reconstruct_n(0, state.slot_count)
-        return self._built(ids=state.ids[live], vectors=np.ascontiguousarray(vectors[live]))
+        compacted = self._built(ids=state.ids[live], vectors=np.ascontiguousarray(vectors[live]))
+        compacted.version = state.version
+        return compacted
 
 
 def _retire(state: _State, ids: npt.NDArray[np.int64]) -> int:
@@ -514,6 +581,7 @@ def _write_state(path: Path, state: _State) -> None:
             "format": _FORMAT_VERSION,
             "kind": state.kind,
             "dim": state.dim,
+            "version": state.version,
             "tombstones": len(state.tombstones),
             "index_bytes": len(index_bytes),
             "crc32": f"{checksum:08x}",
@@ -575,6 +643,7 @@ def _parse(buffer: npt.NDArray[np.uint8], *, path: Path) -> _State:
         header = json.loads(buffer[prefix : prefix + header_length].tobytes())
         kind = header["kind"]
         dim = int(header["dim"])
+        version = int(header["version"])
         tombstone_count = int(header["tombstones"])
         index_length = int(header["index_bytes"])
         checksum = int(header["crc32"], 16)
@@ -613,7 +682,7 @@ def _parse(buffer: npt.NDArray[np.uint8], *, path: Path) -> _State:
         or tombstones[-1] >= index.ntotal
     ):
         raise IndexCorrupt(f"{path} lists tombstones that are not slots of its index")
-    return _State(kind=kind, dim=dim, index=index, tombstones=tombstones)
+    return _State(kind=kind, dim=dim, index=index, tombstones=tombstones, version=version)
 
 
 def _fsync_directory(directory: Path) -> None:

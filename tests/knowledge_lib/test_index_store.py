@@ -499,3 +499,72 @@ def test_threads_adding_and_searching_at_once_lose_nothing(tmp_path: Path) -> No
 
     assert errors == []
     assert IndexStore(tmp_path).count(org_key=ORG) == 1 + 4 * 40
+
+
+def live_ids(store: IndexStore) -> set[int]:
+    dim = store.info(org_key=ORG).dim
+    return {hit.id for hit in store.search(org_key=ORG, query_vector=np.ones(dim), k=10_000)}
+
+
+def test_the_version_travels_with_the_file_through_every_write(tmp_path: Path, kind: str) -> None:
+    store = IndexStore(tmp_path, approximate_threshold=THRESHOLD, compact_ratio=0.1)
+    count = 60 if kind == "exact" else 400
+    store.rebuild(org_key=ORG, ids=np.arange(count), vectors=unit_vectors(count, seed=1), version=7)
+    store.add(org_key=ORG, ids=[count], vectors=unit_vectors(1, seed=2))
+    store.remove(org_key=ORG, ids=np.arange(count // 2))  # compacts the approximate index
+    info = IndexStore(tmp_path).info(org_key=ORG)
+    assert (info.kind, info.tombstones, info.version) == (kind, 0, 7)
+
+
+def test_apply_moves_the_file_to_the_new_version_with_the_changes(store: IndexStore, kind: str) -> None:
+    ids, _ = filled(store, kind=kind)
+    added = unit_vectors(2, seed=5)
+    assert store.apply(
+        org_key=ORG, base_version=0, version=3, add_ids=[1, 2], add_vectors=added, remove_ids=ids[:4]
+    )
+    assert store.version(org_key=ORG) == 3
+    assert IndexStore(store.root).version(org_key=ORG) == 3
+    assert live_ids(store) == (set(ids.tolist()) - set(ids[:4].tolist())) | {1, 2}
+    assert store.search(org_key=ORG, query_vector=added[1], k=1)[0].id == 2
+
+
+def test_apply_replays_changes_the_file_already_holds_without_harm(store: IndexStore) -> None:
+    vectors = unit_vectors(4, seed=3)
+    store.rebuild(org_key=ORG, ids=[1, 2, 3], vectors=vectors[:3], version=2)
+    # The changes since version 1 (3 added, 9 removed, 4 added): the file holds the first two.
+    assert store.apply(
+        org_key=ORG, base_version=1, version=4, add_ids=[3, 4], add_vectors=vectors[2:], remove_ids=[9]
+    )
+    assert live_ids(store) == {1, 2, 3, 4}
+    assert store.info(org_key=ORG).count == 4
+    assert store.version(org_key=ORG) == 4
+
+
+def test_apply_never_moves_a_file_backwards(store: IndexStore) -> None:
+    store.rebuild(org_key=ORG, ids=[1, 2], vectors=unit_vectors(2, seed=3), version=5)
+    assert store.apply(
+        org_key=ORG, base_version=2, version=4, add_ids=[], add_vectors=np.zeros((0, DIM)), remove_ids=[1]
+    )
+    assert store.version(org_key=ORG) == 5
+    assert live_ids(store) == {1, 2}
+
+
+def test_apply_refuses_changes_that_start_after_the_file(store: IndexStore) -> None:
+    store.rebuild(org_key=ORG, ids=[1, 2], vectors=unit_vectors(2, seed=3), version=1)
+    assert not store.apply(
+        org_key=ORG, base_version=3, version=4, add_ids=[], add_vectors=np.zeros((0, DIM)), remove_ids=[1]
+    )
+    assert store.version(org_key=ORG) == 1
+    assert live_ids(store) == {1, 2}
+
+
+def test_apply_needs_a_file_to_start_from(store: IndexStore) -> None:
+    with pytest.raises(IndexMissing):
+        store.apply(
+            org_key=ORG,
+            base_version=0,
+            version=1,
+            add_ids=[1],
+            add_vectors=unit_vectors(1, seed=1),
+            remove_ids=[],
+        )
