@@ -8,16 +8,16 @@ from urllib.parse import unquote_plus
 
 from django.contrib.auth.hashers import make_password
 from django.http import HttpRequest, HttpResponse
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, inline_serializer
 from oauth2_provider.models import get_application_model
 from oauth2_provider.views import TokenView
-from rest_framework import exceptions
+from rest_framework import exceptions, serializers
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
-from accounts.serializers import OrganizationTokenObtainSerializer
+from accounts.serializers import OrganizationTokenObtainSerializer, TokenRefreshSerializer
 from accounts.throttling import SignInThrottled, client_ip, sign_in_attempt
 
 
@@ -25,6 +25,9 @@ from accounts.throttling import SignInThrottled, client_ip, sign_in_attempt
     tags=["auth"],
     summary="Obtain a JWT pair for a member of an organization",
     description="Failed attempts are limited per client address and per email (429 with Retry-After).",
+    responses=inline_serializer(
+        "TokenPair", {"access": serializers.CharField(), "refresh": serializers.CharField()}
+    ),
 )
 class TokenObtainApi(TokenObtainPairView):
     serializer_class = OrganizationTokenObtainSerializer  # type: ignore[assignment]
@@ -52,6 +55,7 @@ class TokenObtainApi(TokenObtainPairView):
 
 @extend_schema(tags=["auth"], summary="Refresh a JWT access token")
 class TokenRefreshApi(TokenRefreshView):
+    serializer_class = TokenRefreshSerializer
     authentication_classes = ()
     permission_classes = (AllowAny,)  # type: ignore[assignment]  # the stubs type it as an empty tuple
 

@@ -177,6 +177,11 @@ class PipelineAuthenticationScheme(OpenApiAuthenticationExtension):  # type: ign
     target_class = "accounts.authentication.PipelineAuthentication"
     name = ["ApiKeyBearer", "ApiKeyHeader", "JWT", "OAuth2"]
 
+    def get_security_requirement(self, auto_schema: Any) -> list[dict[str, list[Any]]]:
+        # Any one of them: a requirement object per scheme (one object naming all four would
+        # ask for the four credentials together).
+        return [{name: []} for name in self.name]
+
     def get_security_definition(self, auto_schema: Any) -> list[dict[str, Any]]:
         return [
             {

@@ -4,10 +4,12 @@ from typing import Any
 
 from rest_framework import serializers
 from rest_framework_simplejwt.serializers import TokenObtainPairSerializer
+from rest_framework_simplejwt.serializers import TokenRefreshSerializer as SimpleJWTTokenRefreshSerializer
 from rest_framework_simplejwt.tokens import RefreshToken
 
 from accounts.models import Membership, User
 from accounts.selectors import membership_list_for_user
+from common.validators import NON_BLANK
 
 
 class OrganizationTokenObtainSerializer(TokenObtainPairSerializer):
@@ -15,6 +17,12 @@ class OrganizationTokenObtainSerializer(TokenObtainPairSerializer):
     The organization's id goes into the token as the `org` claim."""
 
     organization = serializers.SlugField(required=False, help_text="Organization slug.")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # simplejwt adds them here; the schema then says what their blank check refuses.
+        for name in (self.username_field, "password"):
+            self.fields[name].validators.append(NON_BLANK)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, str]:
         attrs[self.username_field] = str(attrs[self.username_field]).strip().lower()  # stored lowercase
@@ -40,6 +48,11 @@ class OrganizationTokenObtainSerializer(TokenObtainPairSerializer):
         data["refresh"] = str(refresh)
         data["access"] = str(refresh.access_token)
         return data
+
+
+class TokenRefreshSerializer(SimpleJWTTokenRefreshSerializer):
+    # Refresh tokens are not rotated: the answer carries a new access token only.
+    refresh = serializers.CharField(write_only=True, validators=[NON_BLANK])
 
 
 class LimitSerializer(serializers.Serializer):

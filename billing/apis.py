@@ -5,7 +5,8 @@ from typing import Any, cast
 
 from django.conf import settings
 from django.utils import timezone
-from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
@@ -18,6 +19,7 @@ from accounts.scopes import BILLING_READ
 from billing.selectors import invoice_estimate, invoice_get, invoice_list, usage_cost_report
 from billing.serializers import (
     CostQuerySerializer,
+    CostReportRowSerializer,
     CostRowSerializer,
     EstimateSerializer,
     InvoiceDetailSerializer,
@@ -110,7 +112,7 @@ class UsageCostApi(APIView):
                 "object": serializers.CharField(),
                 "group_by": serializers.CharField(),
                 "currency": serializers.CharField(),
-                "data": CostRowSerializer(many=True),
+                "data": CostReportRowSerializer(many=True),
             },
         ),
         description=(
@@ -145,7 +147,18 @@ class StripeWebhookApi(APIView):
 
     @extend_schema(
         tags=["billing"],
-        request=None,
+        parameters=[
+            OpenApiParameter(
+                "Stripe-Signature",
+                OpenApiTypes.STR,
+                OpenApiParameter.HEADER,
+                required=True,
+                description="Stripe's signature of the body with the endpoint's signing secret.",
+            )
+        ],
+        request={
+            "application/json": {"type": "object", "description": "A Stripe event, as Stripe sends it."}
+        },
         responses=inline_serializer(
             "StripeWebhookReceipt",
             {

@@ -37,9 +37,9 @@ class InvoiceSerializer(serializers.Serializer):
     total = serializers.DecimalField(max_digits=14, decimal_places=2)
     tokens_used = serializers.IntegerField()
     included_tokens = serializers.IntegerField()
-    finalized_at = serializers.DateTimeField()
-    paid_at = serializers.DateTimeField()
-    past_due_since = serializers.DateTimeField()
+    finalized_at = serializers.DateTimeField(allow_null=True)
+    paid_at = serializers.DateTimeField(allow_null=True)
+    past_due_since = serializers.DateTimeField(allow_null=True)
 
     def get_object(self, invoice: Any) -> str:
         return "invoice"
@@ -74,6 +74,17 @@ class CostQuerySerializer(DateRangeSerializer):
 
 class CostRowSerializer(serializers.Serializer):
     group = serializers.CharField()
+    requests = serializers.IntegerField()
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    cost = serializers.DecimalField(max_digits=20, decimal_places=6)
+
+
+class CostReportRowSerializer(serializers.Serializer):
+    """A row as the report shows it: its group under the `group_by` it was asked for."""
+
+    day = serializers.DateField(required=False, help_text="With group_by=day.")
+    model = serializers.CharField(required=False, help_text="With group_by=model.")
     requests = serializers.IntegerField()
     prompt_tokens = serializers.IntegerField()
     completion_tokens = serializers.IntegerField()

@@ -22,6 +22,18 @@ ERROR_SCHEMA = {
     },
 }
 
+# The answer of a route that streams (`stream: true`): the schema of each server-sent event, as
+# OpenAPI before 3.2 reads a `text/event-stream` schema (3.2 names it `itemSchema`).
+SSE_EVENT_SCHEMA = {
+    "type": "object",
+    "description": "One server-sent event: its name (`message` when the stream names none) and its data.",
+    "required": ["event", "data"],
+    "properties": {"event": {"type": "string"}, "data": {"type": "string"}},
+}
+
+# Where a view names an error answer of its own beside the ones every operation has.
+ERROR_REF = {"$ref": "#/components/schemas/Error"}
+
 _ERRORS = {
     "400": "Invalid request: the message and `param` name the field.",
     "401": "Missing, wrong, expired or revoked credentials.",
@@ -34,7 +46,7 @@ _ERRORS = {
 
 def add_error_responses(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
     result.setdefault("components", {}).setdefault("schemas", {})["Error"] = ERROR_SCHEMA
-    ref = {"$ref": "#/components/schemas/Error"}
+    ref = ERROR_REF
     for path, operations in result.get("paths", {}).items():
         if not path.startswith(("/api/v1/", "/v1/")):
             continue

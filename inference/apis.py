@@ -10,9 +10,10 @@ from rest_framework.views import APIView
 from accounts.context import auth_context
 from accounts.scopes import GENERATE
 from common.errors import NotFound
+from common.openapi import SSE_EVENT_SCHEMA
 from common.request_notes import request_notes
 from inference.models import GenerationJob
-from inference.serializers import GenerateInputSerializer, GenerateOutputSerializer
+from inference.serializers import GenerateInputSerializer, GenerateOutputSerializer, JobInputSerializer
 from inference.services import (
     generation_run,
     generation_stream_open,
@@ -57,7 +58,10 @@ class GenerateApi(APIView):
     @extend_schema(
         tags=["inference"],
         request=GenerateInputSerializer,
-        responses={200: GenerateOutputSerializer},
+        responses={
+            (200, "application/json"): GenerateOutputSerializer,
+            (200, "text/event-stream"): SSE_EVENT_SCHEMA,
+        },
         description=(
             "Generates text from a prompt. With `stream: true` the answer is server-sent events: "
             '`event: token` with `{"text"}` deltas, then one `event: done` carrying the whole '
@@ -104,15 +108,13 @@ class JobCreateApi(APIView):
 
     @extend_schema(
         tags=["inference"],
-        request=GenerateInputSerializer,
+        request=JobInputSerializer,
         responses={202: JobOutputSerializer},
         description="Queues a generation for a worker (client → API → Redis → worker → result). Poll the job.",
     )
     def post(self, request: Request) -> Response:
-        serializer = GenerateInputSerializer(data=request.data)
+        serializer = JobInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        if serializer.validated_data["stream"]:
-            raise serializers.ValidationError({"stream": "Jobs do not stream; use generate/ to stream."})
         notes = request_notes(request)
         job = job_create(
             context=auth_context(request),

@@ -15,6 +15,7 @@ from rest_framework.views import APIView
 
 from accounts.context import auth_context
 from accounts.scopes import GENERATE
+from common.openapi import SSE_EVENT_SCHEMA
 from common.request_notes import request_notes
 from inference import openai_format
 from inference.serializers import (
@@ -34,6 +35,9 @@ from inference.services import (
 )
 from inference.streaming import sse_response, stream_error_event
 from usage.admission import RouteCost
+
+# A completion, or with `stream: true` its chunks as server-sent events (`data: [DONE]` last).
+_COMPLETION_RESPONSES = {(200, "application/json"): dict, (200, "text/event-stream"): SSE_EVENT_SCHEMA}
 
 
 def _openai_stream(
@@ -104,7 +108,7 @@ class ChatCompletionsApi(_CompletionsBase):
     @extend_schema(
         tags=["openai"],
         request=ChatCompletionInputSerializer,
-        responses={200: dict},
+        responses=_COMPLETION_RESPONSES,
         description="OpenAI chat completions, streaming included (`stream_options.include_usage`).",
     )
     def post(self, request: Request) -> Response | StreamingHttpResponse:
@@ -116,7 +120,7 @@ class CompletionsApi(_CompletionsBase):
     endpoint = "completions"
     cost = RouteCost(endpoint="completions", model=model_name)
 
-    @extend_schema(tags=["openai"], request=CompletionInputSerializer, responses={200: dict})
+    @extend_schema(tags=["openai"], request=CompletionInputSerializer, responses=_COMPLETION_RESPONSES)
     def post(self, request: Request) -> Response | StreamingHttpResponse:
         return super().post(request)
 

@@ -4,8 +4,13 @@ from collections.abc import Iterator
 from typing import Any
 
 from django.http import HttpResponse, StreamingHttpResponse
-from drf_spectacular.utils import OpenApiExample, OpenApiRequest, extend_schema, inline_serializer
-from rest_framework import serializers
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiRequest,
+    OpenApiResponse,
+    extend_schema,
+    inline_serializer,
+)
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -14,6 +19,7 @@ from rest_framework.views import APIView
 from accounts.context import auth_context
 from accounts.scopes import DOCUMENTS_READ, DOCUMENTS_WRITE, RAG
 from common.errors import NotFound
+from common.openapi import ERROR_REF, SSE_EVENT_SCHEMA
 from common.parsers import declared_content_length
 from common.request_notes import request_notes
 from inference import openai_format
@@ -31,6 +37,8 @@ from knowledge.selectors import document_get, document_list
 from knowledge.serializers import (
     DocumentOutputSerializer,
     DocumentTextInputSerializer,
+    DocumentUploadOutputSerializer,
+    DocumentUploadSerializer,
     RagInputSerializer,
     RagOutputSerializer,
     RagSourceSerializer,
@@ -53,13 +61,15 @@ def _document_or_404(request: Request, document_id: int) -> Document:
 
 
 class DocumentListCreateApi(APIView):
+    pagination_class = DocumentPagination  # read by the schema as well
+
     @property
     def required_scope(self) -> str:
         return DOCUMENTS_WRITE if self.request.method == "POST" else DOCUMENTS_READ
 
     @extend_schema(tags=["knowledge"], responses=DocumentOutputSerializer(many=True))
     def get(self, request: Request) -> Response:
-        paginator = DocumentPagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(
             document_list(organization=auth_context(request).organization), request, view=self
         )
@@ -68,13 +78,20 @@ class DocumentListCreateApi(APIView):
     @extend_schema(
         tags=["knowledge"],
         request={
-            "multipart/form-data": inline_serializer(
-                "DocumentUpload",
-                {"file": serializers.FileField(), "title": serializers.CharField(required=False)},
-            ),
+            "multipart/form-data": DocumentUploadSerializer,
             "application/json": DocumentTextInputSerializer,
         },
-        responses={202: DocumentOutputSerializer},
+        responses={
+            202: DocumentUploadOutputSerializer,
+            200: OpenApiResponse(
+                DocumentUploadOutputSerializer,
+                description="The same content, uploaded before: that document.",
+            ),
+            413: OpenApiResponse(ERROR_REF, description="Larger than KNOWLEDGE_MAX_UPLOAD_BYTES."),
+            415: OpenApiResponse(
+                ERROR_REF, description="Not a document this API reads: its bytes and name tell the format."
+            ),
+        },
         examples=[
             OpenApiExample(
                 "text",
@@ -90,10 +107,12 @@ class DocumentListCreateApi(APIView):
         # Before request.FILES, which reads the body.
         services.upload_declared_size_check(declared_bytes=declared_content_length(request.META))
         if "file" in request.FILES:
+            form = DocumentUploadSerializer(data=request.data)
+            form.is_valid(raise_exception=True)
             outcome = services.document_upload_file(
                 organization=context.organization,
-                upload=request.FILES["file"],
-                title=str(request.data.get("title") or "") or None,  # type: ignore[union-attr]
+                upload=form.validated_data["file"],
+                title=form.validated_data.get("title") or None,
             )
         else:
             serializer = DocumentTextInputSerializer(data=request.data)
@@ -139,7 +158,14 @@ class DocumentDetailApi(APIView):
 class DocumentRetryApi(APIView):
     required_scope = DOCUMENTS_WRITE
 
-    @extend_schema(tags=["knowledge"], request=None, responses={202: DocumentOutputSerializer})
+    @extend_schema(
+        tags=["knowledge"],
+        request=None,
+        responses={
+            202: DocumentOutputSerializer,
+            409: OpenApiResponse(ERROR_REF, description="Only a failed or stalled document can be retried."),
+        },
+    )
     def post(self, request: Request, document_id: int) -> Response:
         document = services.document_retry(document=_document_or_404(request, document_id))
         return Response(DocumentOutputSerializer(document).data, status=202)
@@ -192,7 +218,10 @@ class RagApi(APIView):
     @extend_schema(
         tags=["knowledge"],
         request=OpenApiRequest(RagInputSerializer),
-        responses=RagOutputSerializer,
+        responses={
+            (200, "application/json"): RagOutputSerializer,
+            (200, "text/event-stream"): SSE_EVENT_SCHEMA,
+        },
         description="generate/ over the caller's documents: retrieves `top_k` passages, keeps by rank "
         "those the model's context has room for beside `max_tokens` (the last one cut at a sentence "
         "boundary; 400 `context_length_exceeded` when not one fits), answers with numbered sources, and "

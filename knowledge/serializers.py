@@ -3,8 +3,10 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from common.validators import NON_BLANK
 from inference.serializers import GenerateInputSerializer, GenerateOutputSerializer
 from knowledge.models import Document
 from knowledge.services import SEARCH_MODES
@@ -30,8 +32,35 @@ class DocumentOutputSerializer(serializers.ModelSerializer):
         )
 
 
+class DocumentUploadOutputSerializer(DocumentOutputSerializer):
+    duplicate = serializers.BooleanField(
+        help_text="The same content was uploaded before: this is that document."
+    )
+
+    class Meta:
+        model = Document
+        fields = (*DocumentOutputSerializer.Meta.fields, "duplicate")
+
+
+@extend_schema_field({"type": "string", "format": "binary", "minLength": 1})
+class DocumentFileField(serializers.FileField):
+    """A document's bytes, at least one (the service says so: DRF's check would answer first)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_empty_file", True)
+        super().__init__(**kwargs)
+
+
+class DocumentUploadSerializer(serializers.Serializer):
+    """A multipart upload. The service checks the file (its size before it is read, then its
+    format); this checks the title as any text field is (no NUL, which PostgreSQL cannot hold)."""
+
+    file = DocumentFileField()
+    title = serializers.CharField(required=False, allow_blank=True)
+
+
 class DocumentTextInputSerializer(serializers.Serializer):
-    title = serializers.CharField(max_length=300)
+    title = serializers.CharField(max_length=300, validators=[NON_BLANK])
     text = serializers.CharField(trim_whitespace=False)
 
 
@@ -67,7 +96,7 @@ class SearchModeField(serializers.ChoiceField):
 
 
 class SearchInputSerializer(serializers.Serializer):
-    query = serializers.CharField(max_length=settings.KNOWLEDGE_MAX_QUERY_CHARS)
+    query = serializers.CharField(max_length=settings.KNOWLEDGE_MAX_QUERY_CHARS, validators=[NON_BLANK])
     top_k = serializers.IntegerField(min_value=1, max_value=50, default=5)
     document_ids = DocumentIdsField(required=False)
     min_score = serializers.FloatField(

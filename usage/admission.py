@@ -19,6 +19,9 @@ from typing import Any
 
 from usage.tokens import TokenEstimate, estimate_body
 
+# The longest end user name: EndUserBudget.end_user's, and the serializers' `user` and `user_id`.
+END_USER_MAX_CHARS = 128
+
 
 @dataclass(frozen=True)
 class RouteCost:
@@ -35,8 +38,14 @@ class RouteCost:
     requests_limit: str | None = None
 
     def end_user(self, body: dict[str, Any]) -> str | None:
+        """The end user as the view reads it (trimmed, as DRF's CharField does), or None for a
+        name the view refuses with its 400: no budget is looked up for that one, and a NUL,
+        which PostgreSQL cannot hold, never reaches a query."""
         value = body.get(self.end_user_field)
-        return value if isinstance(value, str) and value else None
+        if not isinstance(value, str):
+            return None
+        value = value.strip()
+        return value if value and len(value) <= END_USER_MAX_CHARS and "\x00" not in value else None
 
 
 def route_cost(view_func: Callable[..., Any]) -> RouteCost | None:

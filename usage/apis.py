@@ -4,6 +4,7 @@ import csv
 import io
 
 from django.http import HttpResponse
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.request import Request
@@ -14,7 +15,7 @@ from accounts.context import auth_context
 from accounts.scopes import USAGE_READ
 from accounts.serializers import MeOutputSerializer
 from usage.selectors import usage_report
-from usage.serializers import UsageQuerySerializer, UsageRowSerializer
+from usage.serializers import MeQuerySerializer, UsageQuerySerializer, UsageRowSerializer
 from usage.services import budget_views
 
 
@@ -23,8 +24,10 @@ class MeApi(APIView):
 
     required_scope = None
 
-    @extend_schema(tags=["account"], responses=MeOutputSerializer)
+    @extend_schema(tags=["account"], parameters=[MeQuerySerializer], responses=MeOutputSerializer)
     def get(self, request: Request) -> Response:
+        query = MeQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
         context = auth_context(request)
         org, key, user = context.organization, context.api_key, context.user
         limits = {
@@ -38,7 +41,7 @@ class MeApi(APIView):
                 "requests_per_minute": key.requests_per_minute,
                 "tokens_per_minute": key.tokens_per_minute,
             }
-        end_user = request.query_params.get("end_user") or None
+        end_user = query.validated_data.get("end_user") or None
         body = {
             "organization": {"id": org.pk, "slug": org.slug, "name": org.name, "status": org.status},
             "user": (
@@ -69,9 +72,12 @@ class UsageReportApi(APIView):
     @extend_schema(
         tags=["usage"],
         parameters=[UsageQuerySerializer],
-        responses=inline_serializer(
-            "UsageReport", {"data": UsageRowSerializer(many=True), "group_by": serializers.CharField()}
-        ),
+        responses={
+            (200, "application/json"): inline_serializer(
+                "UsageReport", {"data": UsageRowSerializer(many=True), "group_by": serializers.CharField()}
+            ),
+            (200, "text/csv"): OpenApiTypes.STR,
+        },
         description="Usage of the caller's organization, one row per group. `format=csv` answers CSV.",
     )
     def get(self, request: Request) -> Response | HttpResponse:

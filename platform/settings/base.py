@@ -232,6 +232,12 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # Request bodies are documented as JSON only (a view that takes a file names its media types
+    # itself). The multipart parser stays on for uploads, but a form cannot carry what these
+    # bodies hold (null, lists of objects), so documenting it would promise what fails.
+    "PARSER_WHITELIST": ["common.parsers.BoundedJSONParser"],
+    # A document's status appears in two components (a document, and an upload's answer).
+    "ENUM_NAME_OVERRIDES": {"DocumentStatusEnum": "knowledge.models.Document.Status"},
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "SERVE_AUTHENTICATION": [],
     "POSTPROCESSING_HOOKS": [

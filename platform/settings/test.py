@@ -17,6 +17,8 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 CACHE_KEY_PREFIX = os.environ.setdefault("CACHE_KEY_PREFIX", f"test-{uuid.uuid4().hex[:8]}")
 if "KEY_PREFIX" in CACHES["default"]:
     CACHES["default"]["KEY_PREFIX"] = CACHE_KEY_PREFIX
+# Its own Celery queue too: a worker one run starts never takes another run's tasks.
+CELERY_TASK_DEFAULT_QUEUE = CACHE_KEY_PREFIX
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 (VAR_DIR / "static").mkdir(exist_ok=True)
 DATABASES["default"]["CONN_MAX_AGE"] = 0  # noqa: F405

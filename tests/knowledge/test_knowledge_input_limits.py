@@ -71,6 +71,18 @@ def test_upload_declaring_a_gigabyte_is_413_without_reading_the_body(alice: Tena
 
 
 @pytest.mark.django_db
+def test_upload_titled_with_a_nul_is_400_naming_the_title(alice: Tenant) -> None:
+    """PostgreSQL cannot store a NUL: the form's title is checked as the JSON body's is."""
+    upload = SimpleUploadedFile("notes.txt", b"Classes bundle data and behaviour.", "text/plain")
+    response = alice.client().post(
+        "/api/v1/documents/", {"file": upload, "title": "Not\x00es"}, format="multipart"
+    )
+    error = assert_error_shape(response, status=400)
+    assert error["param"] == "title", error
+    assert not Document.objects.exists()
+
+
+@pytest.mark.django_db
 @pytest.mark.usefixtures("eager_tasks")
 def test_file_over_the_limit_is_413_before_it_is_read(
     alice: Tenant, settings: Any, monkeypatch: Any, django_capture_on_commit_callbacks: Any

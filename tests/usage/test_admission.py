@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from django.conf import settings
+from django.core.management import call_command
 
 from tests.conftest import Tenant, assert_error_shape
 from usage.models import UsageRecord
@@ -135,6 +136,37 @@ def test_a_body_admission_cannot_estimate_is_the_views_400_not_a_500_or_a_429(
     response = alice.client().post(route, raw, content_type="application/json")
     assert_error_shape(response, status=400)
     assert get_ledger().active_reservations() == 0
+
+
+@pytest.mark.parametrize(
+    "route, body",
+    [
+        ("/api/v1/generate/", {"prompt": "hi", "max_tokens": 2, "user_id": "nul\x00byte"}),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "user": "nul\x00byte"},
+        ),
+        ("/v1/embeddings", {"input": "hi", "user": "nul\x00byte"}),
+    ],
+)
+def test_an_end_user_postgresql_cannot_hold_is_the_views_400_not_a_500(
+    alice: Tenant, openai_backend: str, route: str, body: dict[str, Any]
+) -> None:
+    # Found by schemathesis (tests/test_api_fuzz.py): admission looked the end user's budget up
+    # in the database before the view refused the name.
+    error = assert_error_shape(alice.client().post(route, body, format="json"), status=400)
+    assert error["param"] in ("user_id", "user")
+    assert get_ledger().active_reservations() == 0
+
+
+def test_an_end_user_is_counted_as_the_view_reads_it(alice: Tenant, openai_backend: str) -> None:
+    """The view trims the name: spaces around it do not make another end user with a fresh budget."""
+    call_command("set_budget", "--org", "alice", "--end-user", "u-1", "--tokens", "12")
+    body = {"prompt": "hello", "max_tokens": 10, "raw": True}
+    first = alice.client().post("/api/v1/generate/", {**body, "user_id": "u-1"}, format="json")
+    assert first.status_code == 200
+    second = alice.client().post("/api/v1/generate/", {**body, "user_id": " u-1 "}, format="json")
+    assert_error_shape(second, status=429, code="insufficient_quota")
 
 
 def test_searches_have_their_own_requests_limit(alice: Tenant, openai_backend: str) -> None:

@@ -68,6 +68,13 @@ def test_me_lists_every_budget_with_used_reserved_and_remaining(alice: Tenant, o
     assert budgets["api_key"]["period"] == "day" and budgets["api_key"]["used"] == 11
 
 
+@pytest.mark.parametrize("end_user", ["nul\x00byte", "x" * 129])
+def test_me_for_an_end_user_no_request_can_name_is_400(alice: Tenant, end_user: str) -> None:
+    # A NUL reached the end-user budget query (a 500 on PostgreSQL).
+    error = assert_error_shape(alice.client().get("/api/v1/me/", {"end_user": end_user}), status=400)
+    assert error["param"] == "end_user", error
+
+
 def test_budget_resets_at_its_period_boundary(alice: Tenant, openai_backend: str) -> None:
     call_command("set_budget", "--org", "alice", "--tokens", "15", "--period", "day")
     with time_machine.travel(datetime(2026, 11, 27, 23, 59, 50, tzinfo=UTC), tick=False):
