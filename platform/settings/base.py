@@ -277,14 +277,14 @@ LOGGING = {
     },
 }
 
-# Quotas.
-BUDGET_SOFT_THRESHOLD = env.float("BUDGET_SOFT_THRESHOLD", default=0.8)
-# A running reservation is extended by its process every third of this; one whose process died
-# expires after it and is charged what it held (usage.keeper).
 # /metrics: an allow-listed address or the bearer token.
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 METRICS_ALLOWED_ADDRESSES = frozenset(env.list("METRICS_ALLOWED_ADDRESSES", default=["127.0.0.1", "::1"]))
 
+# Quotas.
+BUDGET_SOFT_THRESHOLD = env.float("BUDGET_SOFT_THRESHOLD", default=0.8)
+# A running reservation is extended by its process every third of this; one whose process died
+# expires after it and is charged what it held (usage.keeper).
 RESERVATION_TTL_SECONDS = env.int("RESERVATION_TTL_SECONDS", default=120)
 # How long a queued job may wait for a worker while its budget is held for it.
 JOB_MAX_WAIT_SECONDS = env.int("JOB_MAX_WAIT_SECONDS", default=3600)
