@@ -146,3 +146,21 @@ def test_rag_takes_a_mode(alice: Tenant, library, openai_backend: str) -> None:
         assert response.status_code == 200, response.content
         titles = [source["title"] for source in response.json()["sources"]]
         assert titles == ["Garden club"] or mode == "vector"
+
+
+def test_on_postgresql_common_words_rank_but_do_not_make_candidates(
+    alice: Tenant, library, monkeypatch
+) -> None:
+    from django.db import connection
+
+    from knowledge import keywords
+
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite's FTS5 ranks every match")
+    monkeypatch.setattr(keywords, "COMMON_WORD_PASSAGES", 2)
+    # Each word is in fewer than two passages: rare, so any of them makes a candidate.
+    assert _search(alice, "reopened case queue", mode="keyword")[0]["title"] == "Closing cases"
+    monkeypatch.setattr(keywords, "COMMON_WORD_PASSAGES", 1)
+    # Every word is now common: a candidate must hold them all.
+    assert [hit["title"] for hit in _search(alice, "reopened queue", mode="keyword")] == ["Closing cases"]
+    assert _search(alice, "reopened greenhouse", mode="keyword") == []
