@@ -164,3 +164,20 @@ def test_on_postgresql_common_words_rank_but_do_not_make_candidates(
     # Every word is now common: a candidate must hold them all.
     assert [hit["title"] for hit in _search(alice, "reopened queue", mode="keyword")] == ["Closing cases"]
     assert _search(alice, "reopened greenhouse", mode="keyword") == []
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "™ ‽",
+        "'; DROP TABLE x; --",
+        "a&b|c !d <-> e:*",
+        'NEAR("a" "b") OR -c',
+        "日本語の質問",
+        "\\ \\\\ %s %(x)s",
+        "x" * 3000,
+    ],
+)
+def test_any_query_text_is_searched_not_parsed(alice: Tenant, library, query: str) -> None:
+    for mode in MODES:
+        assert isinstance(_search(alice, query, mode=mode), list)
