@@ -12,14 +12,13 @@ from accounts.scopes import GENERATE
 from common.errors import NotFound
 from common.openapi import SSE_EVENT_SCHEMA
 from common.request_notes import request_notes
+from inference.jobs import job_create, job_get
 from inference.models import GenerationJob
 from inference.serializers import GenerateInputSerializer, GenerateOutputSerializer, JobInputSerializer
 from inference.services import (
     generation_run,
     generation_stream_open,
     handler_get,
-    job_create,
-    job_get,
     model_name,
 )
 from inference.streaming import generate_events, sse_response

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from inference import services
+from inference import jobs
 
 
 @shared_task(name="inference.run_generation_job", ignore_result=True, acks_late=True)
 def run_generation_job(job_id: str) -> None:
-    services.job_run(job_id=job_id)
+    jobs.job_run(job_id=job_id)

@@ -29,7 +29,7 @@ from schemathesis.openapi.checks import RejectedPositiveData
 from accounts.services import organization_update
 from billing.periods import Period
 from billing.services import period_bill, plan_create
-from inference.services import job_run
+from inference.jobs import job_run
 from knowledge.services import document_ingest
 from platform.celery import app as celery_app
 from tests.billing.conftest import WEBHOOK_SECRET, at, october_usage, subscribe

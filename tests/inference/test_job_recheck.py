@@ -17,8 +17,8 @@ from accounts.services import (
     organization_suspend,
     user_create,
 )
+from inference.jobs import job_run
 from inference.models import GenerationJob
-from inference.services import job_run
 from tests.conftest import Tenant
 from usage.services import get_ledger
 

@@ -14,8 +14,8 @@ from django.core.management import CommandError, call_command
 from django.db.models import ProtectedError, Sum
 
 from accounts.models import APIKey, Organization
+from inference.jobs import job_run
 from inference.models import GenerationJob
-from inference.services import job_run
 from tests.conftest import Tenant, assert_error_shape
 from usage import services as usage_services
 from usage.models import UsageDaily, UsageDeadLetter, UsageRecord
