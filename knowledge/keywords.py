@@ -3,7 +3,8 @@
 PostgreSQL: a generated `tsvector` column on knowledge_chunk (`to_tsvector('simple', text)`)
 with a GIN index, ranked BM25-like: each word's `ts_rank_cd` weighted by its rarity. SQLite (the embedded default): an FTS5 table
 (knowledge_chunk_fts, rowid = chunk id), ranked by BM25, which the services that write and
-delete chunks keep in step. Both are created by migration 0002. The database is the truth here
+delete chunks keep in step. Both are created by migration 0002; migration 0004 adds the same
+again by English stem (`to_tsvector('english', text)`, FTS5's porter tokenizer), see STEM_WEIGHT. The database is the truth here
 as well, so every process on every machine sees the same keyword index with nothing to sync.
 
 The 'simple' configuration neither stems nor drops words, so identifiers and error codes stay
@@ -24,6 +25,19 @@ from typing import Any
 from django.db import connection
 
 FTS_TABLE = "knowledge_chunk_fts"
+# Each question word is also matched by its English stem (migration 0004: PostgreSQL's 'english'
+# configuration, FTS5's porter stemmer), and a passage's keyword score is its whole-word score
+# plus STEM_WEIGHT times its stem score: "decorators" then finds a passage about a "decorator" and
+# "raising" one that "raises", while a passage with the exact word (an identifier, an error code)
+# also scores on the whole-word index and stays above its relatives. A paraphrasing question
+# rarely uses the answer's own word forms, so the stems carry most of the weight; on the Python
+# reference question set (BENCHMARKS.md; 0.5, 1 and 2 tried) this raised hybrid recall@5 and
+# MRR@10 on both databases.
+STEM_WEIGHT = 2.0
+FTS_STEMS_TABLE = "knowledge_chunk_fts_stems"
+_SQLITE_TABLES = (FTS_TABLE, FTS_STEMS_TABLE)
+# (text search configuration, generated column) pairs on PostgreSQL.
+_POSTGRESQL_INDEXES = (("simple", "search_vector"), ("english", "search_stems"))
 
 # Words a question is made of that say nothing about which passage answers it.
 _STOPWORDS = """a about above after again all also am an and any are as at be because been before being
@@ -74,10 +88,20 @@ def keyword_search(
     if not words or k <= 0:
         return []
     if connection.vendor == "postgresql":
-        return _postgresql_search(organization_id, words, k, document_ids)
-    if connection.vendor == "sqlite":
-        return _sqlite_search(organization_id, words, k, document_ids)
-    raise NotImplementedError(f"No keyword index on {connection.vendor}")
+        rankings = _postgresql_search(organization_id, words, k, document_ids)
+    elif connection.vendor == "sqlite":
+        rankings = [
+            _sqlite_search(organization_id, words, k, document_ids, table=table) for table in _SQLITE_TABLES
+        ]
+    else:
+        raise NotImplementedError(f"No keyword index on {connection.vendor}")
+    # A passage's score is its score as matched whole plus STEM_WEIGHT times its score by stem.
+    scores: dict[int, float] = {}
+    for ranking, weight in zip(rankings, (1.0, STEM_WEIGHT), strict=False):
+        for hit in ranking:
+            scores[hit.id] = scores.get(hit.id, 0.0) + weight * hit.score
+    best = sorted(scores.items(), key=lambda item: (-item[1], item[0]))[:k]
+    return [KeywordHit(id=hit_id, score=score) for hit_id, score in best]
 
 
 # The rank ts_rank_cd (normalized by log length) gives one occurrence of a word in a passage of
@@ -89,17 +113,18 @@ _ONE_OCCURRENCE = 0.016
 # reference, keyword search took 326 ms p50 when every match was ranked, 9.6 ms with this limit.
 COMMON_WORD_PASSAGES = 200
 
-# Each word's frequency among the organization's passages, counted up to the limit (the GIN index
-# finds them; the limit bounds the rows read).
-_POSTGRESQL_FREQUENCY = """
-SELECT (
-    SELECT count(*) FROM (
+# Each word's frequency among the organization's passages in each index, counted up to the limit
+# (the GIN index finds them; the limit bounds the rows read).
+_POSTGRESQL_FREQUENCY_PART = """
+    (SELECT count(*) FROM (
         SELECT 1 FROM knowledge_chunk AS chunk
         WHERE chunk.organization_id = %(organization_id)s {scope}
-          AND chunk.search_vector @@ websearch_to_tsquery('simple', '"' || word || '"')
+          AND chunk.{column} @@ websearch_to_tsquery('{config}', '"' || word || '"')
         LIMIT %(limit)s
-    ) AS found
-)
+    ) AS found)
+"""
+_POSTGRESQL_FREQUENCY = """
+SELECT {parts}
 FROM unnest(%(words)s::text[]) WITH ORDINALITY AS words(word, position)
 ORDER BY position
 """
@@ -107,30 +132,31 @@ ORDER BY position
 # The passages that hold any rare word (or, when every word is common, all of them), each
 # scored by the sum over the question's words it holds of rarity times saturated frequency.
 _POSTGRESQL_RANK = """
-WITH words AS (
-    SELECT websearch_to_tsquery('simple', '"' || word || '"') AS query, weight
-    FROM unnest(%(words)s::text[], %(weights)s::float8[]) AS words(word, weight)
+(WITH words AS (
+    SELECT websearch_to_tsquery('{config}', '"' || word || '"') AS query, weight
+    FROM unnest(%(words{n})s::text[], %(weights{n})s::float8[]) AS words(word, weight)
 ),
 candidates AS (
-    SELECT chunk.id, chunk.search_vector FROM knowledge_chunk AS chunk
+    SELECT chunk.id, chunk.{column} AS search_vector FROM knowledge_chunk AS chunk
     WHERE chunk.organization_id = %(organization_id)s {scope}
-      AND chunk.search_vector @@ websearch_to_tsquery('simple', %(candidate_query)s)
-    LIMIT %(limit)s
+      AND chunk.{column} @@ websearch_to_tsquery('{config}', %(candidate_query{n})s)
+    LIMIT %(limit{n})s
 )
-SELECT candidates.id,
+SELECT {n} AS ranking, candidates.id,
        sum(words.weight * rank.value / (rank.value + %(one)s)) AS score
 FROM candidates
 JOIN words ON candidates.search_vector @@ words.query
 CROSS JOIN LATERAL (SELECT ts_rank_cd(candidates.search_vector, words.query, 1) AS value) AS rank
 GROUP BY candidates.id
 ORDER BY score DESC, candidates.id
-LIMIT %(k)s
+LIMIT %(k)s)
 """
 
 
 def _postgresql_search(
     organization_id: int, words: list[str], k: int, document_ids: Sequence[int] | None
-) -> list[KeywordHit]:
+) -> list[list[KeywordHit]]:
+    """One ranking per index of _POSTGRESQL_INDEXES, in two round trips for all of them."""
     # websearch_to_tsquery parses a quoted word as the column was parsed (a phrase when the
     # parser splits it, as model_not_found) and never fails on user input; "or" is OR.
     scope = "" if document_ids is None else "AND chunk.document_id = ANY(%(document_ids)s)"
@@ -140,37 +166,51 @@ def _postgresql_search(
         "organization_id": organization_id,
         "document_ids": list(document_ids or []),
         "limit": COMMON_WORD_PASSAGES,
+        "one": _ONE_OCCURRENCE,
+        "k": k,
     }
+    parts = ", ".join(
+        _POSTGRESQL_FREQUENCY_PART.format(scope=scope, config=config, column=column)
+        for config, column in _POSTGRESQL_INDEXES
+    )
     with connection.cursor() as cursor:
-        cursor.execute(_POSTGRESQL_FREQUENCY.format(scope=scope), params)
-        frequencies = [row[0] for row in cursor.fetchall()]
+        cursor.execute(_POSTGRESQL_FREQUENCY.format(parts=parts), params)
+        frequencies = cursor.fetchall()
         cursor.execute(
             "SELECT greatest(coalesce(sum(chunks_total), 0), 1) FROM knowledge_document "
             "WHERE organization_id = %s",
             [organization_id],
         )
         total = cursor.fetchone()[0]
-        present = [(word, df) for word, df in zip(lowered, frequencies, strict=True) if df]
-        if not present:
+        queries = []
+        for n, (config, column) in enumerate(_POSTGRESQL_INDEXES):
+            present = [(word, row[n]) for word, row in zip(lowered, frequencies, strict=True) if row[n]]
+            if not present:
+                continue
+            rare = [word for word, df in present if df < COMMON_WORD_PASSAGES]
+            # With only common words, a candidate must hold them all.
+            joiner, chosen = (" or ", rare) if rare else (" ", [word for word, _ in present])
+            params.update(
+                {
+                    f"words{n}": [word for word, _ in present],
+                    # BM25's inverse document frequency.
+                    f"weights{n}": [math.log(1 + (total - df + 0.5) / (df + 0.5)) for _, df in present],
+                    f"candidate_query{n}": joiner.join(f'"{word}"' for word in chosen),
+                    f"limit{n}": COMMON_WORD_PASSAGES * max(1, len(rare)),
+                }
+            )
+            queries.append(_POSTGRESQL_RANK.format(scope=scope, config=config, column=column, n=n))
+        if not queries:
             return []
-        rare = [word for word, df in present if df < COMMON_WORD_PASSAGES]
-        # With only common words, a candidate must hold them all.
-        joiner, chosen = (" or ", rare) if rare else (" ", [word for word, _ in present])
-        params.update(
-            words=[word for word, _ in present],
-            # BM25's inverse document frequency.
-            weights=[math.log(1 + (total - df + 0.5) / (df + 0.5)) for _, df in present],
-            candidate_query=joiner.join(f'"{word}"' for word in chosen),
-            limit=COMMON_WORD_PASSAGES * max(1, len(rare)),
-            one=_ONE_OCCURRENCE,
-            k=k,
-        )
-        cursor.execute(_POSTGRESQL_RANK.format(scope=scope), params)
-        return [KeywordHit(id=row[0], score=float(row[1])) for row in cursor.fetchall()]
+        cursor.execute(" UNION ALL ".join(queries), params)
+        rankings: list[list[KeywordHit]] = [[] for _ in _POSTGRESQL_INDEXES]
+        for ranking, hit_id, score in cursor.fetchall():
+            rankings[ranking].append(KeywordHit(id=hit_id, score=float(score)))
+        return rankings
 
 
 def _sqlite_search(
-    organization_id: int, words: list[str], k: int, document_ids: Sequence[int] | None
+    organization_id: int, words: list[str], k: int, document_ids: Sequence[int] | None, *, table: str
 ) -> list[KeywordHit]:
     # Each word quoted: FTS5 reads it as a string (a phrase if it tokenizes into several),
     # never as query syntax.
@@ -186,8 +226,8 @@ def _sqlite_search(
     with connection.cursor() as cursor:
         cursor.execute(
             f"""
-            SELECT rowid, bm25({FTS_TABLE}) AS rank FROM {FTS_TABLE}
-            WHERE {FTS_TABLE} MATCH %s AND organization_id = %s {scope}
+            SELECT rowid, bm25({table}) AS rank FROM {table}
+            WHERE {table} MATCH %s AND organization_id = %s {scope}
             ORDER BY rank, rowid
             LIMIT %s
             """,
@@ -202,11 +242,13 @@ def keyword_index_add(*, rows: Iterable[tuple[int, int, int, str]]) -> None:
     the generated column already has; only SQLite's FTS5 table is written."""
     if connection.vendor != "sqlite":
         return
+    rows = list(rows)
     with connection.cursor() as cursor:
-        cursor.executemany(
-            f"INSERT INTO {FTS_TABLE} (rowid, organization_id, document_id, text) VALUES (%s, %s, %s, %s)",
-            list(rows),
-        )
+        for table in _SQLITE_TABLES:
+            cursor.executemany(
+                f"INSERT INTO {table} (rowid, organization_id, document_id, text) VALUES (%s, %s, %s, %s)",
+                rows,
+            )
 
 
 def keyword_index_remove(*, chunk_ids: Sequence[int]) -> None:
@@ -217,4 +259,5 @@ def keyword_index_remove(*, chunk_ids: Sequence[int]) -> None:
     with connection.cursor() as cursor:
         for start in range(0, len(chunk_ids), batch):
             part = list(chunk_ids[start : start + batch])
-            cursor.execute(f"DELETE FROM {FTS_TABLE} WHERE rowid IN ({', '.join('%s' for _ in part)})", part)
+            for table in _SQLITE_TABLES:
+                cursor.execute(f"DELETE FROM {table} WHERE rowid IN ({', '.join('%s' for _ in part)})", part)

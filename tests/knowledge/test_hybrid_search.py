@@ -90,6 +90,32 @@ def test_keyword_mode_does_not_split_identifiers_into_their_words(
     assert _search(alice, "what is the", mode="keyword") == []
 
 
+def test_keyword_mode_matches_other_forms_of_a_word_but_ranks_the_exact_form_first(
+    alice: Tenant, django_capture_on_commit_callbacks
+) -> None:
+    _upload(
+        alice,
+        "Decorator",
+        "A decorator wraps the function it is applied to.",
+        django_capture_on_commit_callbacks,
+    )
+    _upload(
+        alice,
+        "Decorators",
+        "Decorators wrap the functions they are applied to.",
+        django_capture_on_commit_callbacks,
+    )
+    _upload(alice, "Garden", "The greenhouse is warm in spring.", django_capture_on_commit_callbacks)
+    assert [hit["title"] for hit in _search(alice, "decorators", mode="keyword")] == [
+        "Decorators",
+        "Decorator",
+    ]
+    assert [hit["title"] for hit in _search(alice, "decorator", mode="keyword")] == [
+        "Decorator",
+        "Decorators",
+    ]
+
+
 def test_keyword_mode_ranks_by_shared_words_and_scopes_by_document_ids(alice: Tenant, library) -> None:
     hits = _search(alice, "reopened support case queue", mode="keyword", top_k=4)
     assert hits[0]["title"] == "Closing cases"
