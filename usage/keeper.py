@@ -106,7 +106,7 @@ class ReservationKeeper:
         for index, settlement in enumerate(pending):
             try:
                 if settlement.cancel:
-                    self._ledger().cancel(reservation_id=settlement.reservation_id)
+                    self._ledger().withdraw(reservation_id=settlement.reservation_id)
                 else:
                     self._ledger().settle(
                         reservation_id=settlement.reservation_id,

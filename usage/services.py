@@ -19,6 +19,7 @@ from common.metrics import TOKENS
 from usage import periods, ratelimit, records
 from usage.keeper import PendingSettlement, ReservationKeeper
 from usage.ledger import (
+    REFUNDED,
     Balance,
     Counter,
     Ledger,
@@ -242,7 +243,7 @@ class Reservation:
         self.settled = True
         _keeper.untrack(self.reservation_id)
         try:
-            self.ledger.cancel(reservation_id=self.reservation_id)
+            self.ledger.withdraw(reservation_id=self.reservation_id)
         except redis.RedisError as exc:
             logger.warning("Cancellation of %s deferred: %s", self.reservation_id, exc)
             _keeper.retry_later(
@@ -411,11 +412,7 @@ def reservation_refund(*, reservation_id: str) -> bool:
     """Corrects what an expired reservation was charged to nothing (its work was lost and
     delivered nothing); its record becomes a failed one with no tokens. False when there is
     nothing to correct (it never expired, or expired too long ago)."""
-    settlement = get_ledger().settle(
-        reservation_id=reservation_id,
-        record_update={"status": "error", "prompt_tokens": 0, "completion_tokens": 0, "latency_ms": 0},
-        tokens=0,
-    )
+    settlement = get_ledger().settle(reservation_id=reservation_id, record_update=dict(REFUNDED), tokens=0)
     return settlement is not None and settlement.late
 
 

@@ -258,3 +258,21 @@ def test_a_cancelled_hold_costs_nothing_and_emits_no_record(ledger) -> None:
     assert ledger_.balances([budget]) == [Balance(used=0, reserved=0)]
     assert ledger_.settle(reservation_id="r", record_update={}, tokens=5) is None
     assert _flushed(ledger_, records) == []
+
+
+def test_a_withdrawn_hold_that_expired_first_is_refunded(ledger) -> None:
+    """A cancellation that waited out a Redis outage longer than the hold's deadline: the
+    expiry charged what was held, the withdrawal takes it back."""
+    ledger_, records, _initial = ledger
+    budget = _counter("w", 100)
+    ledger_.reserve(
+        reservation_id="r", counters=[budget], amount=40, record=_record(), ttl_seconds=30, charged_key="c"
+    )
+    ledger_.expire(now=time.time() + 31)
+    assert ledger_.balances([budget])[0].used == 40
+    ledger_.withdraw(reservation_id="r")
+    assert ledger_.balances([budget]) == [Balance(used=0, reserved=0)]
+    assert ledger_.charged(["c"]) == [0]
+    expired, refunded = _flushed(ledger_, records)
+    assert (expired["status"], refunded["status"], refunded["revision"]) == ("expired", "error", 1)
+    assert refunded["prompt_tokens"] + refunded["completion_tokens"] == 0

@@ -22,6 +22,7 @@ usage records (`initial_used`), so losing Redis loses no spend that reached the 
 """
 
 from usage.ledger.base import (
+    REFUNDED,
     Admitted,
     Balance,
     Counter,
@@ -37,6 +38,7 @@ from usage.ledger.local import LocalLedger
 from usage.ledger.redis import RedisLedger
 
 __all__ = [
+    "REFUNDED",
     "Admitted",
     "Balance",
     "Counter",

@@ -80,6 +80,9 @@ class Sink:
 
 InitialUsed = Callable[[Counter], int]
 
+# The record of work that cost nothing after all (refused before any work, or lost).
+REFUNDED: dict[str, Any] = {"status": "error", "prompt_tokens": 0, "completion_tokens": 0, "latency_ms": 0}
+
 
 def expired_record(record: dict[str, Any], *, prompt_tokens: int, charged: int) -> dict[str, Any]:
     """The usage record of a reservation that expired and was charged `charged` tokens."""
@@ -129,6 +132,13 @@ class Ledger(ABC):
     def cancel(self, *, reservation_id: str) -> bool:
         """Releases a hold for a request that was refused before any work: no charge, no
         record. False when it was settled or expired already."""
+
+    def withdraw(self, *, reservation_id: str) -> None:
+        """Cancels a hold for a request refused before any work. One that expired meanwhile
+        (its cancellation waited out a Redis outage longer than its deadline) was charged what it
+        held: that charge is corrected to nothing, as a late settlement would."""
+        if not self.cancel(reservation_id=reservation_id):
+            self.settle(reservation_id=reservation_id, record_update=dict(REFUNDED), tokens=0)
 
     @abstractmethod
     def extend(self, *, reservation_ids: Sequence[str], ttl_seconds: int) -> None:
