@@ -18,7 +18,7 @@ from rest_framework_simplejwt.tokens import AccessToken
 
 from accounts import keys
 from accounts.context import AuthContext
-from accounts.models import OAuthClient
+from accounts.models import APIKey, OAuthClient
 from accounts.scopes import effective_scopes
 from accounts.selectors import api_key_resolve, membership_get
 from accounts.services import api_key_touch
@@ -71,14 +71,9 @@ def authenticate(request: HttpRequest) -> AuthContext:
     return context
 
 
-def _authenticate_api_key(raw_key: str) -> AuthContext:
-    invalid = AuthenticationFailed("Incorrect API key provided.", code="invalid_api_key")
-    if not keys.looks_like_api_key(raw_key):
-        raise invalid
-    resolved = api_key_resolve(prefix=keys.key_prefix(raw_key))
-    if resolved is None or not keys.key_matches(raw_key=raw_key, secret_hash=resolved.api_key.secret_hash):
-        raise invalid
-    api_key = resolved.api_key
+def api_key_check_usable(*, api_key: APIKey) -> None:
+    """Raises AuthenticationFailed for a revoked or expired key (a request's key, or the key a
+    queued job was made with, checked again when the job starts)."""
     if api_key.revoked_at is not None:
         raise AuthenticationFailed(
             f"The API key {api_key.prefix}… was revoked on {api_key.revoked_at:%Y-%m-%d %H:%M} UTC.",
@@ -90,6 +85,17 @@ def _authenticate_api_key(raw_key: str) -> AuthContext:
             f"The API key {api_key.prefix}… expired on {api_key.expires_at:%Y-%m-%d %H:%M} UTC.",
             code="api_key_expired",
         )
+
+
+def _authenticate_api_key(raw_key: str) -> AuthContext:
+    invalid = AuthenticationFailed("Incorrect API key provided.", code="invalid_api_key")
+    if not keys.looks_like_api_key(raw_key):
+        raise invalid
+    resolved = api_key_resolve(prefix=keys.key_prefix(raw_key))
+    if resolved is None or not keys.key_matches(raw_key=raw_key, secret_hash=resolved.api_key.secret_hash):
+        raise invalid
+    api_key = resolved.api_key
+    api_key_check_usable(api_key=api_key)
     if api_key.user_id is not None and (
         resolved.membership is None or resolved.user is None or not resolved.user.is_active
     ):

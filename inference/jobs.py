@@ -73,7 +73,7 @@ def _job_context(job: GenerationJob) -> AuthContext:
     """The caller of a queued job as it is now, not as it was when the job was queued: a job
     whose key was revoked, expired or deleted, whose member left or was deactivated, or whose
     organization was suspended while it waited does not run."""
-    from accounts.authentication import AuthenticationFailed, PermissionDenied
+    from accounts.authentication import AuthenticationFailed, PermissionDenied, api_key_check_usable
     from accounts.scopes import ALL_SCOPES, GENERATE, effective_scopes
 
     organization = job.organization
@@ -98,12 +98,11 @@ def _job_context(job: GenerationJob) -> AuthContext:
             if job.api_key_id
             else None
         )
-        if api_key is None or api_key.is_revoked:
+        if api_key is None:
             raise AuthenticationFailed(
-                "The job's API key was revoked before it started.", code="api_key_revoked"
+                "The job's API key was deleted before it started.", code="api_key_revoked"
             )
-        if api_key.is_expired():
-            raise AuthenticationFailed("The job's API key expired before it started.", code="api_key_expired")
+        api_key_check_usable(api_key=api_key)
         granted = api_key.scopes
     # As the credential would be resolved now: a member's reach is its role's.
     scopes = effective_scopes(granted=granted, role=membership.role if membership is not None else None)

@@ -198,6 +198,24 @@ def eager_tasks() -> Iterator[None]:
     app.conf.task_always_eager = previous
 
 
+# A real Celery worker, one process, as the tests start it (the Procfile's command, quieter).
+CELERY_WORKER_COMMAND = [
+    str(BIN / "celery"),
+    "-A",
+    "platform.celery:app",
+    "worker",
+    "--loglevel",
+    "WARNING",
+    "--concurrency",
+    "1",
+    "--pool",
+    "prefork",
+    "--without-heartbeat",
+    "--without-mingle",
+    "--without-gossip",
+]
+
+
 @pytest.fixture
 def celery_worker_process() -> Iterator[subprocess.Popen]:
     """A real Celery worker (the Procfile's command) on the configured Redis broker."""
@@ -206,21 +224,7 @@ def celery_worker_process() -> Iterator[subprocess.Popen]:
     if not django_settings.CELERY_BROKER_URL:
         pytest.skip("needs a broker: set REDIS_URL (CI does)")
     process = subprocess.Popen(
-        [
-            str(BIN / "celery"),
-            "-A",
-            "platform.celery:app",
-            "worker",
-            "--loglevel",
-            "WARNING",
-            "--concurrency",
-            "1",
-            "--pool",
-            "prefork",
-            "--without-heartbeat",
-            "--without-mingle",
-            "--without-gossip",
-        ],
+        CELERY_WORKER_COMMAND,
         cwd=ROOT,
         env=server_env(),
         stdout=subprocess.DEVNULL,

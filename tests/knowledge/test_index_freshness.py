@@ -18,7 +18,7 @@ import pytest
 from knowledge.indexes import index_version_current, org_key
 from knowledge.lib.index import IndexStore
 from knowledge.models import Chunk, Document
-from tests.conftest import BIN, ROOT, Tenant, free_port, server_env, wait_http, web_command
+from tests.conftest import CELERY_WORKER_COMMAND, ROOT, Tenant, free_port, server_env, wait_http, web_command
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -46,8 +46,7 @@ def machines(settings: Any, tmp_path: Path) -> Iterator[Callable[[str, bool], Ma
         if not web:
             started.append(
                 subprocess.Popen(
-                    [str(BIN / "celery"), "-A", "platform.celery:app", "worker", "--loglevel", "WARNING"]
-                    + ["--concurrency", "1", "--without-heartbeat", "--without-mingle", "--without-gossip"],
+                    CELERY_WORKER_COMMAND,
                     cwd=ROOT,
                     env=env,
                     stdout=subprocess.DEVNULL,

@@ -42,7 +42,7 @@ from accounts.context import AuthContext
 from accounts.models import APIKey, BudgetPeriod, Membership
 from bench.common import BIN, ROOT, free_port, wait_http, web_command
 from inference.models import GenerationJob
-from tests.conftest import Tenant, make_tenant, server_env
+from tests.conftest import CELERY_WORKER_COMMAND, Tenant, make_tenant, server_env
 from tests.usage.soak_support import Outcome, PrivateRedis, Processes, Shot, send
 from usage import services as usage_services
 from usage.models import UsageDaily, UsageRecord
@@ -131,21 +131,7 @@ class Stack:
     def start_worker(self) -> None:
         self.worker = self.processes.start(
             "worker",
-            [
-                str(BIN / "celery"),
-                "-A",
-                "platform.celery:app",
-                "worker",
-                "--loglevel",
-                "WARNING",
-                "--concurrency",
-                "1",
-                "--pool",
-                "prefork",
-                "--without-heartbeat",
-                "--without-mingle",
-                "--without-gossip",
-            ],
+            CELERY_WORKER_COMMAND,
             env=self.worker_env,
         )
 
