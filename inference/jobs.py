@@ -6,15 +6,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
+from functools import partial
 from typing import Any
 
+import kombu.exceptions
+import redis
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from accounts.context import AuthContext
 from accounts.models import APIKey, Membership
-from common.errors import APIError
+from common.errors import APIError, ServiceUnavailable
 from inference.models import GenerationJob
 from inference.services import (
     GenerationOutcome,
@@ -59,10 +62,34 @@ def job_create(
     except BaseException:
         reservation.cancel()
         raise
+    transaction.on_commit(partial(_enqueue, job=job, reservation=reservation))
+    return job
+
+
+def _enqueue(*, job: GenerationJob, reservation: Reservation) -> None:
+    """Hands the job to the broker. One the broker cannot take (Redis down) fails at once and
+    releases its hold: a 503 to retry, nothing charged, nothing left waiting."""
     from inference.tasks import run_generation_job
 
-    transaction.on_commit(lambda: run_generation_job.delay(str(job.pk)))
-    return job
+    try:
+        run_generation_job.delay(str(job.pk))
+    except (kombu.exceptions.OperationalError, redis.RedisError) as exc:
+        reservation.cancel()
+        GenerationJob.objects.filter(pk=job.pk).update(
+            status=GenerationJob.Status.FAILED,
+            error={
+                "message": "The job queue was unavailable; nothing was charged.",
+                "type": "service_unavailable",
+                "param": None,
+                "code": "store_unavailable",
+            },
+            finished_at=timezone.now(),
+        )
+        raise ServiceUnavailable(
+            "The job queue is unavailable; nothing was charged. Retry shortly.",
+            code="store_unavailable",
+            headers={"Retry-After": "1"},
+        ) from exc
 
 
 def job_get(*, organization: Any, job_id: str) -> GenerationJob | None:
