@@ -158,6 +158,14 @@ class APIKey(models.Model):
 
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    replaced_by = models.ForeignKey(
+        "self",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="The key a rotation made to replace this one (which then expires after its grace).",
+    )
     last_used_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -214,3 +222,75 @@ class EndUserBudget(models.Model):
 
     def __str__(self) -> str:
         return f"{self.end_user} in {self.organization}"
+
+
+class Invitation(models.Model):
+    """An invitation to join an organization with a role, accepted once, with the token sent to
+    `email` (only its SHA-256 is stored). A new invitation to the same address replaces the
+    pending one."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="invitations")
+    email = models.EmailField()
+    role = models.CharField(max_length=16, choices=Membership.Role.choices, default=Membership.Role.MEMBER)
+    token_hash = models.CharField(max_length=64, unique=True, editable=False)
+    invited_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("-created_at",)
+        constraints = [
+            models.UniqueConstraint(
+                fields=("organization", "email"),
+                condition=Q(accepted_at__isnull=True, revoked_at__isnull=True),
+                name="one_pending_invitation_per_email",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.email} to {self.organization} ({self.role})"
+
+    def is_pending(self, *, now: Any = None) -> bool:
+        return (
+            self.accepted_at is None and self.revoked_at is None and self.expires_at > (now or timezone.now())
+        )
+
+
+class AuditEvent(models.Model):
+    """One change made to an organization: by whom (a member, a key, an OAuth2 client, an
+    operator in the admin), what, when and from which address. Written by the services' callers
+    in the same transaction as the change, never edited."""
+
+    class ActorType(models.TextChoices):
+        MEMBER = "member", "Member"
+        API_KEY = "api_key", "API key"
+        OAUTH_CLIENT = "oauth_client", "OAuth2 client"
+        OPERATOR = "operator", "Operator"
+        ANONYMOUS = "anonymous", "Anonymous"  # sign-up, an invitation's acceptance
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="audit_events")
+    created_at = models.DateTimeField(default=timezone.now)
+    actor_type = models.CharField(max_length=16, choices=ActorType.choices)
+    actor_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    # Kept as text so that the event still says who after the user or key is gone.
+    actor_label = models.CharField(max_length=254)
+    action = models.CharField(max_length=64)
+    target_type = models.CharField(max_length=32, blank=True)
+    target_id = models.CharField(max_length=64, blank=True)
+    target_label = models.CharField(max_length=254, blank=True)
+    changes = models.JSONField(default=dict, blank=True)
+    ip = models.GenericIPAddressField(null=True, blank=True)
+    request_id = models.CharField(max_length=64, blank=True)
+
+    class Meta:
+        ordering = ("-created_at", "-id")
+        indexes = [models.Index(fields=("organization", "-created_at"))]
+
+    def __str__(self) -> str:
+        return f"{self.action} by {self.actor_label} at {self.created_at:%Y-%m-%d %H:%M:%S}"

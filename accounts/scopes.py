@@ -18,20 +18,36 @@ DOCUMENTS_READ = "documents:read"
 DOCUMENTS_WRITE = "documents:write"
 USAGE_READ = "usage:read"
 BILLING_READ = "billing:read"
+BILLING_WRITE = "billing:write"
+# The organization's keys, members, invitations and budgets: `read` lists them, `write` changes
+# them (and reads the audit log of those changes).
+ORGANIZATION_READ = "organization:read"
+ORGANIZATION_WRITE = "organization:write"
 
-ALL_SCOPES: tuple[str, ...] = (GENERATE, RAG, DOCUMENTS_READ, DOCUMENTS_WRITE, USAGE_READ, BILLING_READ)
+ALL_SCOPES: tuple[str, ...] = (
+    GENERATE,
+    RAG,
+    DOCUMENTS_READ,
+    DOCUMENTS_WRITE,
+    USAGE_READ,
+    BILLING_READ,
+    BILLING_WRITE,
+    ORGANIZATION_READ,
+    ORGANIZATION_WRITE,
+)
 
-# Keyed by `Membership.Role` values. Members, keys and budgets are managed by operators (the
-# admin, the management commands), not over the API, so no scope stands for them yet.
+# Keyed by `Membership.Role` values.
 ROLE_SCOPES: Mapping[str, frozenset[str]] = {
     # Everything, billing included.
     "owner": frozenset(ALL_SCOPES),
-    # Documents and the organization's usage, not its invoices.
-    "admin": frozenset({GENERATE, RAG, DOCUMENTS_READ, DOCUMENTS_WRITE, USAGE_READ}),
+    # Documents, the organization's usage, its keys, members and budgets; not its invoices or plan.
+    "admin": frozenset(
+        {GENERATE, RAG, DOCUMENTS_READ, DOCUMENTS_WRITE, USAGE_READ, ORGANIZATION_READ, ORGANIZATION_WRITE}
+    ),
     # Generation and the documents' answers; their own usage and budgets are on /api/v1/me/.
     "member": frozenset({GENERATE, RAG, DOCUMENTS_READ}),
     # Reads, and nothing that spends tokens or changes anything.
-    "reader": frozenset({DOCUMENTS_READ, USAGE_READ}),
+    "reader": frozenset({DOCUMENTS_READ, USAGE_READ, ORGANIZATION_READ}),
 }
 
 

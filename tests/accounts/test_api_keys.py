@@ -95,7 +95,17 @@ def test_create_api_key_without_scopes_grants_every_scope(alice: Tenant, capsys)
     secret = capsys.readouterr().out.strip().splitlines()[-1]
     response = alice.client(secret).get("/api/v1/me/")
     assert response.json()["scopes"] == sorted(
-        ["generate", "rag", "documents:read", "documents:write", "usage:read", "billing:read"]
+        [
+            "generate",
+            "rag",
+            "documents:read",
+            "documents:write",
+            "usage:read",
+            "billing:read",
+            "billing:write",
+            "organization:read",
+            "organization:write",
+        ]
     )  # an owner's role grants every scope
     assert response.json()["user"]["email"] == alice.owner.email
 

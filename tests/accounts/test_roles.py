@@ -158,10 +158,28 @@ def test_jwt_carries_its_roles_scopes_and_a_default_key_the_same(alice: Tenant, 
     _key, secret = api_key_create(organization=alice.organization, name=role, user=user)
     key_scopes = alice.client(secret).get("/api/v1/me/").json()["scopes"]
     expected = {
-        "owner": ["billing:read", "documents:read", "documents:write", "generate", "rag", "usage:read"],
-        "admin": ["documents:read", "documents:write", "generate", "rag", "usage:read"],
+        "owner": [
+            "billing:read",
+            "billing:write",
+            "documents:read",
+            "documents:write",
+            "generate",
+            "organization:read",
+            "organization:write",
+            "rag",
+            "usage:read",
+        ],
+        "admin": [
+            "documents:read",
+            "documents:write",
+            "generate",
+            "organization:read",
+            "organization:write",
+            "rag",
+            "usage:read",
+        ],
         "member": ["documents:read", "generate", "rag"],
-        "reader": ["documents:read", "usage:read"],
+        "reader": ["documents:read", "organization:read", "usage:read"],
     }[role]
     assert jwt_scopes == expected
     assert key_scopes == expected
