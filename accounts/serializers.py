@@ -26,7 +26,7 @@ class OrganizationTokenObtainSerializer(TokenObtainPairSerializer):
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, str]:
         attrs[self.username_field] = str(attrs[self.username_field]).strip().lower()  # stored lowercase
-        data = super().validate(attrs)
+        super().validate(attrs)  # checks the password, updates last_login
         user: User = self.user  # type: ignore[assignment]
         memberships = list(membership_list_for_user(user=user))
         slug = attrs.get("organization")
@@ -41,13 +41,16 @@ class OrganizationTokenObtainSerializer(TokenObtainPairSerializer):
             raise serializers.ValidationError(
                 {"organization": "You belong to several organizations (or none): name one."}
             )
-        refresh = self.get_token(user)
-        refresh["org"] = chosen.organization_id
-        refresh["role"] = chosen.role
-        assert isinstance(refresh, RefreshToken)
-        data["refresh"] = str(refresh)
-        data["access"] = str(refresh.access_token)
-        return data
+        return jwt_pair_for(membership=chosen)
+
+
+def jwt_pair_for(*, membership: Membership) -> dict[str, str]:
+    """A JWT pair acting for `membership`: its organization in the `org` claim (sign-in, sign-up
+    and an accepted invitation all answer one)."""
+    refresh = RefreshToken.for_user(membership.user)
+    refresh["org"] = membership.organization_id
+    refresh["role"] = membership.role
+    return {"refresh": str(refresh), "access": str(refresh.access_token)}
 
 
 class TokenRefreshSerializer(SimpleJWTTokenRefreshSerializer):
