@@ -18,6 +18,7 @@ from django.db.models import QuerySet
 
 from accounts.context import AuthContext
 from accounts.models import AuditEvent, Organization, User
+from accounts.scopes import ALL_SCOPES
 from accounts.throttling import client_ip
 from common.request_notes import request_notes
 
@@ -32,6 +33,8 @@ class Actor:
     # The role the actor acts with, for the rules on owners (None: an organization-wide key,
     # an OAuth2 client or an operator, none of which is a member).
     role: str | None = None
+    # What the actor may do; what it creates or grants stays within them.
+    scopes: frozenset[str] = frozenset()
 
 
 def _valid_ip(value: str) -> str | None:
@@ -51,6 +54,7 @@ def actor_from_context(*, context: AuthContext, ip: str = "", request_id: str = 
             ip=_valid_ip(ip),
             request_id=request_id,
             role=role,
+            scopes=context.scopes,
         )
     if context.oauth_client_id is not None:
         return Actor(
@@ -58,6 +62,7 @@ def actor_from_context(*, context: AuthContext, ip: str = "", request_id: str = 
             label=f"oauth client {context.oauth_client_id}",
             ip=_valid_ip(ip),
             request_id=request_id,
+            scopes=context.scopes,
         )
     return Actor(
         type=AuditEvent.ActorType.MEMBER,
@@ -66,6 +71,7 @@ def actor_from_context(*, context: AuthContext, ip: str = "", request_id: str = 
         ip=_valid_ip(ip),
         request_id=request_id,
         role=role,
+        scopes=context.scopes,
     )
 
 
@@ -89,7 +95,7 @@ def actor_anonymous(request: Any, *, label: str, user: User | None = None) -> Ac
 
 
 def actor_operator(request: Any) -> Actor:
-    """A staff user in the Django admin."""
+    """A staff user in the Django admin: an operator may do anything, owners included."""
     user = request.user
     return Actor(
         type=AuditEvent.ActorType.OPERATOR,
@@ -97,6 +103,8 @@ def actor_operator(request: Any) -> Actor:
         user=user,
         ip=_valid_ip(client_ip(request)),
         request_id=request_notes(request).request_id,
+        role="owner",
+        scopes=frozenset(ALL_SCOPES),
     )
 
 

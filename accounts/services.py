@@ -3,7 +3,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Iterable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import cast
 
 from django.core.cache import cache
@@ -13,7 +13,7 @@ from django.utils.text import slugify
 from oauth2_provider.models import get_application_model
 
 from accounts import keycache, keys
-from accounts.models import APIKey, Membership, OAuthClient, Organization, User
+from accounts.models import APIKey, BudgetPeriod, Membership, OAuthClient, Organization, User
 from accounts.scopes import ALL_SCOPES, ordered
 from accounts.selectors import api_key_prefixes
 from common.errors import APIError
@@ -137,9 +137,17 @@ def membership_role_set(*, membership: Membership, role: str) -> Membership:
     return membership
 
 
+@transaction.atomic
 def membership_remove(*, membership: Membership) -> None:
-    """The user leaves the organization: their JWTs for it and their keys in it stop working in
-    every process at once. The keys are kept, unusable while the user is not a member."""
+    """The user leaves the organization: their JWTs for it stop working in every process at
+    once, and their keys in it are revoked (kept for the usage that names them), so that they do
+    not come back to life if the user is invited again."""
+    revoked = APIKey.objects.filter(
+        organization_id=membership.organization_id, user_id=membership.user_id, revoked_at__isnull=True
+    )
+    prefixes = list(revoked.values_list("prefix", flat=True))
+    revoked.update(revoked_at=timezone.now())
+    api_key_cache_invalidate(prefixes=prefixes)  # update() sends no signal
     membership.delete()
 
 
@@ -177,14 +185,19 @@ def api_key_create(
     expires_in_days: int | None = None,
     requests_per_minute: int | None = None,
     tokens_per_minute: int | None = None,
+    token_budget: int | None = None,
+    budget_period: str = BudgetPeriod.MONTH,
+    expires_at: datetime | None = None,
 ) -> tuple[APIKey, str]:
     """Creates a key and returns it with its secret, which is never stored and cannot be shown
     again. A key for a member has at most the member's role's scopes (by default, all of them);
-    an organization-wide key (no `user`) every scope by default."""
+    an organization-wide key (no `user`) every scope by default. `expires_at` (a rotation's
+    copy) takes the place of `expires_in_days`."""
     if expires_in_days is not None and expires_in_days < 1:
         raise APIError("expires_in_days must be at least 1.", param="expires_in_days")
     chosen_scopes = api_key_scopes_check(organization=organization, user=user, scopes=scopes)
-    expires_at = timezone.now() + timedelta(days=expires_in_days) if expires_in_days else None
+    if expires_in_days:
+        expires_at = timezone.now() + timedelta(days=expires_in_days)
     for _attempt in range(5):
         raw_key = keys.generate_key()
         try:
@@ -199,6 +212,8 @@ def api_key_create(
                     expires_at=expires_at,
                     requests_per_minute=requests_per_minute,
                     tokens_per_minute=tokens_per_minute,
+                    token_budget=token_budget,
+                    budget_period=budget_period,
                 )
         except IntegrityError:
             continue  # prefix collision: astronomically rare, draw another key
@@ -228,6 +243,48 @@ def api_key_revoke(*, api_key: APIKey) -> APIKey:
 
 def api_key_delete(*, api_key: APIKey) -> None:
     api_key.delete()
+
+
+@transaction.atomic
+def api_key_rotate(*, api_key: APIKey, grace_seconds: int) -> tuple[APIKey, str]:
+    """Makes a new key with the old one's name, member, scopes, limits, budget and expiry, and
+    ends the old one `grace_seconds` from now (at once for 0; never later than it would have
+    ended anyway). Returns the new key and its secret. A key is rotated once: the old one's
+    row is locked, so two concurrent rotations cannot both succeed.
+
+    The new key's budget starts afresh (budgets are counted per key); the member's and the
+    organization's budgets still hold across the rotation."""
+    old = APIKey.objects.select_for_update().get(pk=api_key.pk)
+    now = timezone.now()
+    if old.revoked_at is not None or old.is_expired(now=now):
+        raise APIError("A revoked or expired key cannot be rotated.", param="id", code="api_key_inactive")
+    if old.replaced_by_id is not None:
+        raise APIError(
+            "This key was already rotated; rotate its replacement instead.",
+            param="id",
+            code="conflict",
+            status=409,
+        )
+    new_key, secret = api_key_create(
+        organization=old.organization,
+        name=old.name,
+        user=old.user,
+        scopes=old.scopes,
+        requests_per_minute=old.requests_per_minute,
+        tokens_per_minute=old.tokens_per_minute,
+        token_budget=old.token_budget,
+        budget_period=old.budget_period,
+        expires_at=old.expires_at,
+    )
+    ends_at = now + timedelta(seconds=grace_seconds)
+    fields: dict[str, object] = {"replaced_by": new_key}
+    if grace_seconds == 0:
+        fields["revoked_at"] = now
+    elif old.expires_at is None or ends_at < old.expires_at:
+        fields["expires_at"] = ends_at
+    api_key_update(api_key=old, **fields)
+    api_key.refresh_from_db()
+    return new_key, secret
 
 
 _touched_at: dict[int, float] = {}

@@ -180,6 +180,14 @@ AUTH_THROTTLE_WINDOW_SECONDS = env.int("AUTH_THROTTLE_WINDOW_SECONDS", default=6
 AUTH_THROTTLE_ACCOUNT_FAILURES = env.int("AUTH_THROTTLE_ACCOUNT_FAILURES", default=5)
 AUTH_THROTTLE_IP_FAILURES = env.int("AUTH_THROTTLE_IP_FAILURES", default=20)
 
+# Self-service: invitations, and the emails that carry them (console by default; EMAIL_URL as
+# django-environ reads it, e.g. smtp+tls://user:password@smtp.example.com:587).
+INVITATION_TTL_SECONDS = env.int("INVITATION_TTL_SECONDS", default=7 * 24 * 3600)
+vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="LLM Platform <noreply@localhost>")
+# Where links in emails point (scheme and host); empty: the host of the request that sent them.
+PUBLIC_BASE_URL = env.str("PUBLIC_BASE_URL", default="")
+
 SIMPLE_JWT = {
     "ACCESS_TOKEN_LIFETIME": timedelta(minutes=env.int("JWT_ACCESS_MINUTES", default=15)),
     "REFRESH_TOKEN_LIFETIME": timedelta(days=env.int("JWT_REFRESH_DAYS", default=7)),
@@ -196,6 +204,9 @@ OAUTH2_PROVIDER = {
         "documents:write": "Upload and delete documents",
         "usage:read": "Read usage reports",
         "billing:read": "Read invoices and costs",
+        "billing:write": "Change the plan and payment methods",
+        "organization:read": "List the organization's keys, members and budgets",
+        "organization:write": "Manage the organization's keys, members and budgets",
     },
     "ACCESS_TOKEN_EXPIRE_SECONDS": env.int("OAUTH2_ACCESS_TOKEN_SECONDS", default=3600),
     "SCOPES_BACKEND_CLASS": "accounts.oauth.OrganizationScopes",
