@@ -131,7 +131,9 @@ def invitation_revoke(*, organization: Organization, actor: Actor, invitation: I
 
 def invitation_get_pending(*, token: str) -> Invitation:
     """The pending invitation this token opens, or InvitationInvalid saying why not."""
-    invitation = Invitation.objects.select_related("organization").filter(token_hash=_token_hash(token)).first()
+    invitation = (
+        Invitation.objects.select_related("organization").filter(token_hash=_token_hash(token)).first()
+    )
     return _check_pending(invitation)
 
 

@@ -138,10 +138,10 @@ REMOVALS: dict[str, tuple[Callable[[Member], Any], str, tuple[int, str], tuple[i
         (401, "member_inactive"),
         (401, "invalid_token"),
     ),
-    "remove membership": (
+    "remove membership": (  # which revokes the member's keys
         lambda m: membership_remove(membership=m.membership),
         "/api/v1/me/",
-        (401, "member_inactive"),
+        (401, "api_key_revoked"),
         (401, "invalid_token"),
     ),
     "lower role": (
