@@ -14,6 +14,8 @@ PUBLIC_API_PATHS = frozenset(
         "/api/v1/auth/token/",
         "/api/v1/auth/token/refresh/",
         "/api/v1/billing/stripe/webhook/",
+        "/api/v1/invitations/accept/",
+        "/api/v1/signup/",
         "/api/schema/",
     }
 )
