@@ -220,3 +220,64 @@ def test_sign_in_failures_on_two_processes_add_up_and_concurrent_guesses_are_bou
             f"{base}/api/v1/auth/token/", body={"email": member.user.email, "password": PASSWORD}
         )
         assert (status, body["error"]["code"]) == (429, "rate_limit_exceeded")
+
+
+def _await_refusal(servers: list[str], credential: str, *, since: float, refusal: tuple[int, str]) -> None:
+    pending = set(servers)
+    last: dict[str, Any] = {}
+    while pending and time.monotonic() - since <= 1.0:
+        for base in list(pending):
+            last[base] = _code(_request(f"{base}/api/v1/me/", credential=credential))
+            if last[base] == refusal:
+                pending.discard(base)
+    assert not pending, f"still served a second later: {last}"
+    for base in servers:
+        assert _code(_request(f"{base}/api/v1/me/", credential=credential)) == refusal
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_key_revoked_through_the_api_on_one_process_is_refused_by_the_other_within_a_second(
+    servers: list[str],
+) -> None:
+    owner = make_tenant("alice")
+    status, created = _request(
+        f"{servers[0]}/api/v1/organization/keys/", credential=owner.secret, body={"name": "x"}
+    )
+    assert status == 201, created
+    for base in servers:
+        assert _request(f"{base}/api/v1/me/", credential=created["secret"])[0] == 200
+    delete = urllib.request.Request(
+        f"{servers[0]}/api/v1/organization/keys/{created['id']}/",
+        method="DELETE",
+        headers={"Authorization": f"Bearer {owner.secret}"},
+    )
+    with urllib.request.urlopen(delete, timeout=30) as response:
+        assert response.status == 200
+    _await_refusal(servers, created["secret"], since=time.monotonic(), refusal=(401, "api_key_revoked"))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_rotated_key_works_on_every_process_until_its_grace_ends_then_none(servers: list[str]) -> None:
+    owner = make_tenant("alice")
+    base = servers[0]
+    status, created = _request(
+        f"{base}/api/v1/organization/keys/", credential=owner.secret, body={"name": "x"}
+    )
+    assert status == 201, created
+    for server in servers:  # each process has resolved the old key and holds it
+        assert _request(f"{server}/api/v1/me/", credential=created["secret"])[0] == 200
+    grace = 2
+    status, rotated = _request(
+        f"{base}/api/v1/organization/keys/{created['id']}/rotate/",
+        credential=owner.secret,
+        body={"grace_seconds": grace},
+    )
+    rotated_at = time.monotonic()
+    assert status == 201, rotated
+    for server in servers:
+        assert _request(f"{server}/api/v1/me/", credential=rotated["secret"])[0] == 200
+        assert _request(f"{server}/api/v1/me/", credential=created["secret"])[0] == 200  # the grace
+    time.sleep(max(0.0, grace - (time.monotonic() - rotated_at)))
+    _await_refusal(servers, created["secret"], since=time.monotonic(), refusal=(401, "api_key_expired"))
+    for server in servers:
+        assert _request(f"{server}/api/v1/me/", credential=rotated["secret"])[0] == 200
