@@ -9,6 +9,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 
+from accounts.audit import actor_operator
 from accounts.models import Organization
 from billing import services
 from billing.models import Invoice, InvoiceLine, Plan, PlanModelPrice, StripeEvent, Subscription
@@ -56,6 +57,7 @@ class PlanAdmin(admin.ModelAdmin):
     list_display = (
         "name",
         "slug",
+        "public",
         "currency",
         "monthly_price",
         "included_tokens",
@@ -69,7 +71,7 @@ class PlanAdmin(admin.ModelAdmin):
     prepopulated_fields = {"slug": ("name",)}
     inlines = (PlanModelPriceInline,)
     fieldsets = (
-        (None, {"fields": ("name", "slug")}),
+        (None, {"fields": ("name", "slug", "public")}),
         ("Prices (frozen once an organization has been on the plan)", {"fields": _PRICE_FIELDS}),
         ("Limits", {"fields": _LIMIT_FIELDS}),
     )
@@ -128,9 +130,14 @@ class SubscriptionAdmin(admin.ModelAdmin):
     form = SubscriptionForm
 
     def save_model(self, request: HttpRequest, obj: Subscription, form: Any, change: bool) -> None:
-        held = services.subscription_change(organization=obj.organization, plan=obj.plan)
+        held = services.subscription_change(
+            organization=obj.organization, plan=obj.plan, actor=actor_operator(request)
+        )
         obj.pk, obj.plan, obj.starts_on = held.pk, held.plan, held.starts_on
         obj.limits_applied_at, obj.created_at = held.limits_applied_at, held.created_at
+
+    def delete_model(self, request: HttpRequest, obj: Subscription) -> None:
+        services.subscription_pending_cancel(subscription=obj, actor=actor_operator(request))
 
     @admin.action(description="Build last month's invoice (draft) for the selected organizations")
     def build_previous_month(self, request: HttpRequest, queryset: QuerySet[Subscription]) -> None:

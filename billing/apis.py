@@ -13,10 +13,20 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.audit import actor_from_request
 from accounts.context import AuthContext
 from accounts.models import Organization
-from accounts.scopes import BILLING_READ
-from billing.selectors import invoice_estimate, invoice_get, invoice_list, usage_cost_report
+from accounts.scopes import BILLING_READ, BILLING_WRITE
+from billing.models import Subscription
+from billing.periods import today_utc
+from billing.selectors import (
+    invoice_estimate,
+    invoice_get,
+    invoice_list,
+    plan_choice,
+    plan_get_choosable,
+    usage_cost_report,
+)
 from billing.serializers import (
     CostQuerySerializer,
     CostReportRowSerializer,
@@ -24,8 +34,13 @@ from billing.serializers import (
     EstimateSerializer,
     InvoiceDetailSerializer,
     InvoiceSerializer,
+    PendingPlanSerializer,
+    PlanSerializer,
+    PlanSummarySerializer,
+    SubscriptionInputSerializer,
+    SubscriptionSerializer,
 )
-from billing.services import stripe_webhook_receive
+from billing.services import stripe_webhook_receive, subscription_change
 from common.errors import NotFound
 
 
@@ -111,13 +126,16 @@ class UsageCostApi(APIView):
             {
                 "object": serializers.CharField(),
                 "group_by": serializers.CharField(),
+                "start": serializers.DateField(),
+                "end": serializers.DateField(),
                 "currency": serializers.CharField(),
                 "data": CostReportRowSerializer(many=True),
             },
         ),
         description=(
             "Usage with its cost: each day's tokens at the prices of the plan in force that day, "
-            "before the plan's included tokens (which the invoice applies per period)."
+            "before the plan's included tokens (which the invoice applies per period). From `start` "
+            "to `end`, by default the current month up to today (UTC)."
         ),
     )
     def get(self, request: Request) -> Response:
@@ -135,8 +153,101 @@ class UsageCostApi(APIView):
             group = row.pop("group")
             rows.append({params["group_by"]: group, **row})
         return Response(
-            {"object": "list", "group_by": params["group_by"], "currency": report.currency, "data": rows}
+            {
+                "object": "list",
+                "group_by": params["group_by"],
+                "start": params["start"],
+                "end": params["end"],
+                "currency": report.currency,
+                "data": rows,
+            }
         )
+
+
+def _pending(subscription: Subscription | None) -> dict[str, Any] | None:
+    if subscription is None:
+        return None
+    return {
+        "slug": subscription.plan.slug,
+        "name": subscription.plan.name,
+        "starts_on": subscription.starts_on,
+    }
+
+
+class PlanListApi(APIView):
+    required_scope = None
+
+    @extend_schema(
+        tags=["billing"],
+        operation_id="billing_plans_list",
+        responses=inline_serializer(
+            "PlanList",
+            {
+                "object": serializers.CharField(),
+                "data": PlanSerializer(many=True),
+                "current_plan": PlanSummarySerializer(allow_null=True, help_text="The plan in force today."),
+                "pending_plan": PendingPlanSerializer(
+                    allow_null=True, help_text="The change that starts next period."
+                ),
+            },
+        ),
+        description=(
+            "The plans the caller's organization may choose (POST billing/subscription/), with the "
+            "plan it is on and any change waiting for the next period."
+        ),
+    )
+    def get(self, request: Request) -> Response:
+        choice = plan_choice(organization=_organization(request), day=today_utc(timezone.now()))
+        current = choice.current.plan if choice.current is not None else None
+        return Response(
+            {
+                "object": "list",
+                "data": PlanSerializer(choice.plans, many=True).data,
+                "current_plan": PlanSummarySerializer(current).data if current is not None else None,
+                "pending_plan": _pending(choice.pending),
+            }
+        )
+
+
+class SubscriptionChangeApi(APIView):
+    required_scope = BILLING_WRITE
+
+    @extend_schema(
+        tags=["billing"],
+        request=SubscriptionInputSerializer,
+        responses={
+            200: SubscriptionSerializer,
+            400: OpenApiResponse(description="Invalid body, or a plan in another currency"),
+            404: OpenApiResponse(description="No such plan (or one only an operator assigns)"),
+        },
+        description=(
+            "Puts the organization on a plan: a first plan starts at once, a change at the start "
+            "of the next period (the current period is billed on the current plan). Choosing the "
+            "current plan again withdraws a pending change."
+        ),
+    )
+    def post(self, request: Request) -> Response:
+        data = SubscriptionInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        organization = _organization(request)
+        now = timezone.now()
+        plan = plan_get_choosable(
+            organization=organization, slug=data.validated_data["plan"], day=today_utc(now)
+        )
+        if plan is None:
+            raise NotFound("No such plan.", param="plan")
+        held = subscription_change(
+            organization=organization, plan=plan, now=now, actor=actor_from_request(request)
+        )
+        choice = plan_choice(organization=organization, day=today_utc(now))
+        body = {
+            "object": "billing.subscription",
+            "plan": held.plan,
+            "starts_on": held.starts_on,
+            "current_plan": choice.current.plan if choice.current is not None else None,
+            "pending_plan": _pending(choice.pending),
+        }
+        return Response(SubscriptionSerializer(body).data)
 
 
 class StripeWebhookApi(APIView):

@@ -32,6 +32,10 @@ class Plan(models.Model):
 
     slug = models.SlugField(max_length=64, unique=True)
     name = models.CharField(max_length=100)
+    public = models.BooleanField(
+        default=True,
+        help_text="Tenants may choose it themselves (the plans API); otherwise only an operator assigns it.",
+    )
     currency = models.CharField(max_length=3, default=default_currency)
     monthly_price = _money_field(help_text="Charged each period, prorated by days in the first one.")
     included_tokens = models.PositiveBigIntegerField(

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal
 
-from django.db.models import QuerySet, Sum
+from django.db.models import Q, QuerySet, Sum
 
 from accounts.models import Organization
 from billing.models import Invoice, Plan, Subscription, default_currency
@@ -54,6 +54,43 @@ def subscription_pending(*, organization: Organization, day: date) -> Subscripti
         .order_by("starts_on")
         .first()
     )
+
+
+@dataclass(frozen=True)
+class PlanChoice:
+    """What an organization may choose, and where it stands: the plan in force today and the
+    change waiting for the next period."""
+
+    plans: list[Plan]
+    current: Subscription | None
+    pending: Subscription | None
+
+
+def plan_choice(*, organization: Organization, day: date) -> PlanChoice:
+    """The public plans, plus the organization's current and pending plans when an operator
+    gave it one that is not public."""
+    current = subscription_in_force(organization=organization, day=day)
+    pending = subscription_pending(organization=organization, day=day)
+    own = [subscription.plan_id for subscription in (current, pending) if subscription is not None]
+    plans = list(
+        Plan.objects.filter(Q(public=True) | Q(pk__in=own))
+        .prefetch_related("model_prices")
+        .order_by("monthly_price", "name")
+    )
+    return PlanChoice(plans=plans, current=current, pending=pending)
+
+
+def plan_get_choosable(*, organization: Organization, slug: str, day: date) -> Plan | None:
+    """The plan `slug` when the organization may choose it: a public plan, or the one it is on
+    (choosing it again withdraws a pending change). None for an unknown plan and for another
+    private one alike, so that private plans' names do not leak."""
+    plan = Plan.objects.filter(slug=slug).first()
+    if plan is None:
+        return None
+    if plan.public:
+        return plan
+    current = subscription_in_force(organization=organization, day=day)
+    return plan if current is not None and current.plan_id == plan.pk else None
 
 
 @dataclass(frozen=True)

@@ -89,3 +89,42 @@ class CostReportRowSerializer(serializers.Serializer):
     prompt_tokens = serializers.IntegerField()
     completion_tokens = serializers.IntegerField()
     cost = serializers.DecimalField(max_digits=20, decimal_places=6)
+
+
+class ModelPriceSerializer(serializers.Serializer):
+    model = serializers.CharField()
+    prompt_price_per_1k = serializers.DecimalField(max_digits=14, decimal_places=6)
+    completion_price_per_1k = serializers.DecimalField(max_digits=14, decimal_places=6)
+
+
+class PlanSerializer(serializers.Serializer):
+    object = serializers.SerializerMethodField()
+    slug = serializers.SlugField()
+    name = serializers.CharField()
+    public = serializers.BooleanField(help_text="False: assigned by an operator, not chosen.")
+    currency = serializers.CharField()
+    monthly_price = serializers.DecimalField(max_digits=14, decimal_places=2)
+    included_tokens = serializers.IntegerField()
+    prompt_price_per_1k = serializers.DecimalField(max_digits=14, decimal_places=6)
+    completion_price_per_1k = serializers.DecimalField(max_digits=14, decimal_places=6)
+    model_prices = ModelPriceSerializer(many=True, source="model_prices.all")
+    requests_per_minute = serializers.IntegerField(allow_null=True, help_text="Null: unlimited.")
+    tokens_per_minute = serializers.IntegerField(allow_null=True, help_text="Null: unlimited.")
+    token_quota = serializers.IntegerField(allow_null=True, help_text="Tokens per month; null: unlimited.")
+
+    def get_object(self, plan: Any) -> str:
+        return "plan"
+
+
+class SubscriptionInputSerializer(serializers.Serializer):
+    plan = serializers.SlugField(max_length=64, help_text="The slug of a plan from billing/plans/.")
+
+
+class SubscriptionSerializer(serializers.Serializer):
+    object = serializers.CharField()
+    plan = PlanSummarySerializer(
+        help_text="The plan that will hold: at once for a first plan, else next period."
+    )
+    starts_on = serializers.DateField()
+    current_plan = PlanSummarySerializer(allow_null=True, help_text="The plan in force today.")
+    pending_plan = PendingPlanSerializer(allow_null=True, help_text="The change that starts next period.")

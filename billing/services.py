@@ -13,12 +13,13 @@ from django.db import IntegrityError, transaction
 from django.db.models import Min
 from django.utils import timezone
 
+from accounts.audit import Actor, audit_record
 from accounts.models import BudgetPeriod, Organization
 from accounts.services import organization_reactivate, organization_suspend, organization_update
 from billing import stripe_sync
 from billing.models import Invoice, InvoiceLine, Plan, PlanModelPrice, StripeEvent, Subscription
 from billing.periods import Period, today_utc
-from billing.selectors import period_price, plan_is_in_use, subscription_in_force
+from billing.selectors import period_price, plan_is_in_use, subscription_in_force, subscription_pending
 from common.errors import APIError
 
 logger = logging.getLogger(__name__)
@@ -51,12 +52,15 @@ def plan_create(
     search_requests_per_minute: int | None = None,
     ingestion_token_quota: int | None = None,
     currency: str | None = None,
+    public: bool = True,
 ) -> Plan:
     """Creates a plan; `model_prices` maps a model to its (prompt, completion) prices per 1,000
-    tokens, replacing the plan's default prices for that model."""
+    tokens, replacing the plan's default prices for that model. A plan that is not `public` is
+    assigned by an operator only."""
     plan = Plan(
         slug=slug,
         name=name,
+        public=public,
         monthly_price=monthly_price,
         included_tokens=included_tokens,
         prompt_price_per_1k=prompt_price_per_1k,
@@ -125,7 +129,7 @@ def subscription_change_check(*, organization: Organization, plan: Plan, now: da
 
 @transaction.atomic
 def subscription_change(
-    *, organization: Organization, plan: Plan, now: datetime | None = None
+    *, organization: Organization, plan: Plan, now: datetime | None = None, actor: Actor | None = None
 ) -> Subscription:
     """Puts the organization on `plan`.
 
@@ -133,24 +137,58 @@ def subscription_change(
     the start of the next period, never mid-period: the current period is billed entirely on
     the current plan, and the new plan's prices and limits start with the next one (its limits
     are applied then by `subscriptions_activate`). A new change replaces a pending one, and
-    choosing the current plan again cancels it. Returns the subscription that will hold."""
+    choosing the current plan again cancels it. Returns the subscription that will hold.
+
+    With an `actor`, the change is written to the audit log (`subscription.changed`)."""
     now = now or timezone.now()
     today = today_utc(now)
     # Serializes the changes of one organization.
     Organization.objects.select_for_update().filter(pk=organization.pk).first()
     current = subscription_in_force(organization=organization, day=today)
+    pending = subscription_pending(organization=organization, day=today)
     if current is None:
         subscription = Subscription.objects.create(organization=organization, plan=plan, starts_on=today)
         _plan_limits_apply(organization=organization, plan=plan)
         Subscription.objects.filter(pk=subscription.pk).update(limits_applied_at=now)
-        return subscription
-    subscription_change_check(organization=organization, plan=plan, now=now)
-    Subscription.objects.filter(organization=organization, starts_on__gt=today).delete()
-    if plan.pk == current.plan_id:
-        return current
-    return Subscription.objects.create(
-        organization=organization, plan=plan, starts_on=Period.of(today).next_start
+    else:
+        subscription_change_check(organization=organization, plan=plan, now=now)
+        Subscription.objects.filter(organization=organization, starts_on__gt=today).delete()
+        if plan.pk == current.plan_id:
+            subscription = current
+        else:
+            subscription = Subscription.objects.create(
+                organization=organization, plan=plan, starts_on=Period.of(today).next_start
+            )
+    if actor is not None:
+        audit_record(
+            organization=organization,
+            actor=actor,
+            action="subscription.changed",
+            target=subscription,
+            target_label=f"{plan.slug} from {subscription.starts_on}",
+            changes={
+                "plan": [current.plan.slug if current is not None else None, plan.slug],
+                "starts_on": subscription.starts_on,
+                "pending_plan_replaced": pending.plan.slug if pending is not None else None,
+            },
+        )
+    return subscription
+
+
+@transaction.atomic
+def subscription_pending_cancel(*, subscription: Subscription, actor: Actor) -> None:
+    """Withdraws a plan change that has not started yet; the plan in force stays."""
+    if subscription.starts_on <= today_utc(timezone.now()):
+        raise BillingError("Only a plan change that has not started yet can be withdrawn.", param="plan")
+    audit_record(
+        organization=subscription.organization,
+        actor=actor,
+        action="subscription.pending_cancelled",
+        target=subscription,
+        target_label=f"{subscription.plan.slug} from {subscription.starts_on}",
+        changes={"plan": subscription.plan.slug, "starts_on": subscription.starts_on},
     )
+    subscription.delete()
 
 
 def subscriptions_activate(*, now: datetime | None = None) -> int:

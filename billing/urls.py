@@ -9,5 +9,7 @@ urlpatterns = [
     path("billing/invoices/<int:invoice_id>/", apis.InvoiceDetailApi.as_view(), name="billing-invoice"),
     path("billing/current/", apis.CurrentPeriodApi.as_view(), name="billing-current"),
     path("billing/costs/", apis.UsageCostApi.as_view(), name="billing-costs"),
+    path("billing/plans/", apis.PlanListApi.as_view(), name="billing-plans"),
+    path("billing/subscription/", apis.SubscriptionChangeApi.as_view(), name="billing-subscription"),
     path("billing/stripe/webhook/", apis.StripeWebhookApi.as_view(), name="billing-stripe-webhook"),
 ]

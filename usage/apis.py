@@ -74,11 +74,21 @@ class UsageReportApi(APIView):
         parameters=[UsageQuerySerializer],
         responses={
             (200, "application/json"): inline_serializer(
-                "UsageReport", {"data": UsageRowSerializer(many=True), "group_by": serializers.CharField()}
+                "UsageReport",
+                {
+                    "object": serializers.CharField(),
+                    "group_by": serializers.CharField(),
+                    "start": serializers.DateField(),
+                    "end": serializers.DateField(),
+                    "data": UsageRowSerializer(many=True),
+                },
             ),
             (200, "text/csv"): OpenApiTypes.STR,
         },
-        description="Usage of the caller's organization, one row per group. `format=csv` answers CSV.",
+        description=(
+            "Usage of the caller's organization, one row per group, from `start` to `end` (by default "
+            "the current month up to today, UTC). `format=csv` answers CSV."
+        ),
     )
     def get(self, request: Request) -> Response | HttpResponse:
         query = UsageQuerySerializer(data=request.query_params)
@@ -102,4 +112,12 @@ class UsageReportApi(APIView):
                 f'attachment; filename="usage-{context.organization.slug}-{params["start"]}-{params["end"]}.csv"'
             )
             return response
-        return Response({"object": "list", "group_by": params["group_by"], "data": rows})
+        return Response(
+            {
+                "object": "list",
+                "group_by": params["group_by"],
+                "start": params["start"],
+                "end": params["end"],
+                "data": rows,
+            }
+        )

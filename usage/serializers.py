@@ -1,21 +1,39 @@
 from __future__ import annotations
 
+from datetime import UTC, timedelta
+
+from django.utils import timezone
 from rest_framework import serializers
 
 from usage.admission import END_USER_MAX_CHARS
 from usage.selectors import GROUPS
 
+MAX_REPORT_DAYS = 366
+
 
 class DateRangeSerializer(serializers.Serializer):
-    """`start` and `end` days of a report, inclusive, at most a year apart."""
+    """`start` and `end` days (UTC) of a report, inclusive, at most a year apart. Left out, they
+    are the current period (the calendar month, as budgets and invoices count it) up to today."""
 
-    start = serializers.DateField()
-    end = serializers.DateField(help_text="On or after `start`, at most 366 days after it.")
+    start = serializers.DateField(required=False, help_text="Default: the first day of `end`'s month (UTC).")
+    end = serializers.DateField(
+        required=False,
+        help_text=(
+            "On or after `start`, at most 366 days after it. Default: today (UTC), or `start` if "
+            "later, or 366 days after `start` if sooner."
+        ),
+    )
 
     def validate(self, attrs: dict) -> dict:
+        if "end" not in attrs:
+            today = timezone.now().astimezone(UTC).date()
+            start = attrs.get("start", today)
+            # Today, within what one report may cover after `start`.
+            attrs["end"] = start if start > today else min(today, start + timedelta(days=MAX_REPORT_DAYS))
+        attrs.setdefault("start", attrs["end"].replace(day=1))
         if attrs["end"] < attrs["start"]:
             raise serializers.ValidationError({"end": "end is before start."})
-        if (attrs["end"] - attrs["start"]).days > 366:
+        if (attrs["end"] - attrs["start"]).days > MAX_REPORT_DAYS:
             raise serializers.ValidationError({"end": "A report covers at most 366 days."})
         return attrs
 

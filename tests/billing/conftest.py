@@ -18,10 +18,11 @@ import stripe
 from rest_framework.test import APIClient
 
 from accounts.models import Organization
+from accounts.services import api_key_create, membership_create, user_create
 from billing import stripe_sync
 from billing.models import Plan
 from billing.services import plan_create, subscription_change
-from tests.conftest import free_port, wait_http
+from tests.conftest import Tenant, free_port, wait_http
 from usage.records import usage_records_write
 
 WEBHOOK_URL = "/api/v1/billing/stripe/webhook/"
@@ -174,3 +175,30 @@ def invoice_event(event_type: str, stripe_invoice_id: str, *, event_id: str | No
         "livemode": False,
         "data": {"object": {"id": stripe_invoice_id, "object": "invoice"}},
     }
+
+
+PASSWORD = "correct horse battery staple"
+
+
+def member_client(tenant: Tenant, role: str) -> APIClient:
+    """A client signed in (JWT) as a member of the tenant with `role` (the owner for "owner")."""
+    if role == "owner":
+        user = tenant.owner
+    else:
+        user = user_create(email=f"{role}@{tenant.organization.slug}.test", password=PASSWORD)
+        membership_create(organization=tenant.organization, user=user, role=role)
+    client = APIClient()
+    response = client.post(
+        "/api/v1/auth/token/",
+        {"email": user.email, "password": PASSWORD, "organization": tenant.organization.slug},
+        format="json",
+    )
+    assert response.status_code == 200, response.content
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {response.json()['access']}")
+    return client
+
+
+def key_client(tenant: Tenant, scopes: list[str]) -> APIClient:
+    """A client with a new organization-wide key of the tenant that has `scopes`."""
+    _key, secret = api_key_create(organization=tenant.organization, name=f"key {scopes}", scopes=scopes)
+    return tenant.client(secret)
