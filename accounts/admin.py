@@ -11,11 +11,70 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from accounts import services
-from accounts.models import APIKey, EndUserBudget, Membership, OAuthClient, Organization, User
+from accounts.audit import actor_operator, audit_record
+from accounts.invitations import invitation_revoke
+from accounts.models import (
+    APIKey,
+    AuditEvent,
+    EndUserBudget,
+    Invitation,
+    Membership,
+    OAuthClient,
+    Organization,
+    User,
+)
 from common.errors import APIError
 
 # Saves and deletes here need no cache invalidation of their own: `accounts.signals` follows
 # every write of a key, organization, user or membership.
+
+
+def _organization_of(obj: Any) -> Organization:
+    return obj if isinstance(obj, Organization) else obj.organization
+
+
+def _audit(request: HttpRequest, obj: Any, verb: str, changes: dict[str, Any] | None = None) -> None:
+    name = obj._meta.model_name
+    audit_record(
+        organization=_organization_of(obj),
+        actor=actor_operator(request),
+        action=f"{name}.{verb}",
+        target=obj,
+        changes=changes,
+    )
+
+
+def _form_changes(form: Any) -> dict[str, Any]:
+    return {name: form.cleaned_data.get(name) for name in form.changed_data if name != "password"}
+
+
+class AuditedAdmin(admin.ModelAdmin):
+    """Writes an audit event, as the operator, for every save and delete of the model and of its
+    inlines: an operator's change shows in the tenant's audit log like one made through the API."""
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        _audit(request, obj, "updated" if change else "created", _form_changes(form))
+
+    def delete_model(self, request: HttpRequest, obj: Any) -> None:
+        if not isinstance(obj, Organization):  # its events go with it
+            _audit(request, obj, "deleted")
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        for obj in queryset:
+            if not isinstance(obj, Organization):
+                _audit(request, obj, "deleted")
+        super().delete_queryset(request, queryset)
+
+    def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
+        super().save_formset(request, form, formset, change)
+        for obj in formset.new_objects:
+            _audit(request, obj, "created")
+        for obj, changed in formset.changed_objects:
+            _audit(request, obj, "updated", {name: getattr(obj, name, None) for name in changed})
+        for obj in formset.deleted_objects:
+            _audit(request, obj, "deleted")
 
 
 @admin.register(User)
@@ -55,7 +114,7 @@ class EndUserBudgetInline(admin.TabularInline):
 
 
 @admin.register(Organization)
-class OrganizationAdmin(admin.ModelAdmin):
+class OrganizationAdmin(AuditedAdmin):
     list_display = (
         "slug",
         "name",
@@ -103,12 +162,14 @@ class OrganizationAdmin(admin.ModelAdmin):
     def suspend(self, request: HttpRequest, queryset: QuerySet[Organization]) -> None:
         for organization in queryset:
             services.organization_suspend(organization=organization, reason="Suspended by an operator")
+            _audit(request, organization, "suspended")
         self.message_user(request, f"Suspended {queryset.count()} organization(s).")
 
     @admin.action(description="Reactivate selected organizations")
     def reactivate(self, request: HttpRequest, queryset: QuerySet[Organization]) -> None:
         for organization in queryset:
             services.organization_reactivate(organization=organization)
+            _audit(request, organization, "reactivated")
         self.message_user(request, f"Reactivated {queryset.count()} organization(s).")
 
 
@@ -136,7 +197,7 @@ class APIKeyForm(forms.ModelForm):
 
 
 @admin.register(APIKey)
-class APIKeyAdmin(admin.ModelAdmin):
+class APIKeyAdmin(AuditedAdmin):
     form = APIKeyForm
     list_display = ("name", "prefix", "organization", "user", "expires_at", "revoked_at", "last_used_at")
     list_filter = ("revoked_at", "organization")
@@ -164,6 +225,10 @@ class APIKeyAdmin(admin.ModelAdmin):
         if change:
             super().save_model(request, obj, form, change)
             return
+        self._create(request, obj)
+        _audit(request, obj, "created", _form_changes(form))
+
+    def _create(self, request: HttpRequest, obj: APIKey) -> None:
         created, secret = services.api_key_create(
             organization=obj.organization, name=obj.name, user=obj.user, scopes=obj.scopes or None
         )
@@ -184,6 +249,7 @@ class APIKeyAdmin(admin.ModelAdmin):
     def revoke(self, request: HttpRequest, queryset: QuerySet[APIKey]) -> None:
         for api_key in queryset:
             services.api_key_revoke(api_key=api_key)
+            _audit(request, api_key, "revoked")
         self.message_user(request, f"Revoked {queryset.count()} key(s).")
 
 
@@ -191,3 +257,52 @@ class APIKeyAdmin(admin.ModelAdmin):
 class OAuthClientAdmin(admin.ModelAdmin):
     list_display = ("application", "organization", "scopes", "created_at")
     search_fields = ("application__name", "organization__slug")
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin):
+    """The audit log, read-only: events are written by the changes they record, never edited."""
+
+    list_display = ("created_at", "organization", "actor_label", "action", "target_label", "ip")
+    list_filter = ("action", "actor_type")
+    search_fields = ("organization__slug", "actor_label", "action", "target_label", "request_id")
+    date_hierarchy = "created_at"
+    list_select_related = ("organization",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Invitation)
+class InvitationAdmin(admin.ModelAdmin):
+    list_display = ("email", "organization", "role", "created_at", "expires_at", "accepted_at", "revoked_at")
+    list_filter = ("role",)
+    search_fields = ("email", "organization__slug")
+    readonly_fields = (
+        "organization",
+        "email",
+        "role",
+        "invited_by",
+        "created_at",
+        "expires_at",
+        "accepted_at",
+    )
+    exclude = ("token_hash",)
+    actions = ("revoke",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # invitations are made through the API, which emails the token
+
+    @admin.action(description="Revoke selected invitations")
+    def revoke(self, request: HttpRequest, queryset: QuerySet[Invitation]) -> None:
+        for invitation in queryset:
+            invitation_revoke(
+                organization=invitation.organization, actor=actor_operator(request), invitation=invitation
+            )
+        self.message_user(request, f"Revoked {queryset.count()} invitation(s).")
