@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import hmac
-import os
 
 from django.conf import settings
 from django.core.cache import cache
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
 from common.errors import error_response
-from common.metrics import SHARED_STATE_COLLECTORS
+from common.metrics import SHARED_STATE_COLLECTORS, multiprocess_dir, multiprocess_registry
 
 
 @require_GET
@@ -87,11 +86,8 @@ def metrics(request: HttpRequest) -> HttpResponse:
             type="authentication_error",
             code="invalid_metrics_token",
         )
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-    else:
-        registry = REGISTRY
+    path = multiprocess_dir()
+    registry = multiprocess_registry(path=path) if path else REGISTRY
     shared = CollectorRegistry()
     for collector in SHARED_STATE_COLLECTORS:
         shared.register(collector)

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
 from inference import openai_format
 from inference.engine import (
     ContextLengthExceeded,
@@ -27,6 +29,7 @@ from inference.engine import (
     SamplingParams,
     StreamChunk,
 )
+from inference.metrics import PrometheusEngineObserver
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 _STATUS_TEXT = {
@@ -127,6 +130,13 @@ class InferenceServer:
             if path in ("/health", "/healthz") and method == "GET":
                 status = self.handler.status()
                 return self._json(start_response, 200 if status.state != "failed" else 503, vars(status))
+            if path == "/metrics" and method == "GET":
+                # The service listens on loopback (Procfile), beside the scraper's agent.
+                payload = generate_latest()
+                start_response(
+                    "200 OK", [("Content-Type", CONTENT_TYPE_LATEST), ("Content-Length", str(len(payload)))]
+                )
+                return [payload]
             if path == "/v1/models" and method == "GET":
                 return self._json(
                     start_response,
@@ -233,6 +243,9 @@ class _Events:
 
 
 def create_app(environ: dict[str, str] | None = None) -> InferenceServer:
-    handler = LLMHandler(config_from_env(dict(environ if environ is not None else os.environ)))
+    handler = LLMHandler(
+        config_from_env(dict(environ if environ is not None else os.environ)),
+        observer=PrometheusEngineObserver(),
+    )
     handler.warm_up()
     return InferenceServer(handler)

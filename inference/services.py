@@ -29,6 +29,7 @@ from inference.engine import (
     UpstreamError,
 )
 from inference.engine.embeddings import Embedder, default_embedding_model_path
+from inference.metrics import PrometheusEngineObserver
 from usage.services import Reservation, quota_hold
 
 logger = logging.getLogger(__name__)
@@ -81,7 +82,8 @@ def handler_get() -> LLMHandler:
                     request_timeout_s=settings.LLM_REQUEST_TIMEOUT_SECONDS,
                     max_retries=settings.LLM_MAX_RETRIES,
                     context_length=settings.LLM_CONTEXT_LENGTH,
-                )
+                ),
+                observer=PrometheusEngineObserver(),
             )
         return _handler
 

@@ -7,12 +7,18 @@ threads (`WEB_THREADS`, default 64). A request holds a thread only while Python 
 streaming response holds one while it waits for tokens, so a worker serves many slow clients at
 once; HTTP parsing, keep-alive and writes happen in Rust, outside the GIL. The Procfile's `web`,
 `make run`, the tests that start servers and the benchmarks all start it through this module.
+
+Metrics: the workers count in files under `PROMETHEUS_MULTIPROC_DIR` (prometheus_client's
+multiprocess mode), so that /metrics, answered by any worker, adds up all of them. The folder
+is emptied at start; without the variable, a fresh temporary folder is used and removed at exit.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 
 from granian.constants import Interfaces
@@ -49,6 +55,21 @@ def server(
     )
 
 
+def metrics_dir_prepare() -> str | None:
+    """Point the workers at an empty multiprocess folder; returns the folder to remove at exit
+    (one made here), or None (the operator's, kept for inspection)."""
+    created = None
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        created = tempfile.mkdtemp(prefix="llmp-prometheus-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = created
+    # Imported once the variable is set: prometheus_client picks its storage when imported,
+    # and workers forked from this process inherit that choice.
+    from common.metrics import multiprocess_dir_reset
+
+    multiprocess_dir_reset(path=os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    return created
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m platform.web", description=__doc__.splitlines()[0])
     parser.add_argument("--app", default=DEFAULT_APP, help="WSGI target, module:attribute")
@@ -58,14 +79,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, help="processes (WEB_CONCURRENCY, default 2)")
     parser.add_argument("--threads", type=int, help="threads per process (WEB_THREADS, default 64)")
     args = parser.parse_args(argv)
-    server(
-        app=args.app,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        threads=args.threads,
-        factory=args.factory,
-    ).serve()
+    created = metrics_dir_prepare()
+    try:
+        server(
+            app=args.app,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            threads=args.threads,
+            factory=args.factory,
+        ).serve()
+    finally:
+        if created:
+            shutil.rmtree(created, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import threading
 from dataclasses import dataclass
 from typing import Protocol
 
+from inference.engine.observe import EngineObserver, NoObserver
 from inference.engine.stream import GenerationStream
 from inference.engine.types import (
     EngineStatus,
@@ -76,8 +77,9 @@ class LLMHandler:
     Requests that arrive while the model loads wait for it, up to `load_timeout_s`.
     """
 
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, *, observer: EngineObserver | None = None) -> None:
         self._config = config
+        self._observer: EngineObserver = observer or NoObserver()
         self._lock = threading.Lock()
         self._state = "idle"
         self._error: str | None = None
@@ -185,6 +187,7 @@ class LLMHandler:
                 request_timeout_s=config.request_timeout_s,
                 max_retries=config.max_retries,
                 retry_backoff_s=config.retry_backoff_s,
+                observer=self._observer,
             )
         # Imported here so that processes which never serve a local model skip loading torch.
         from inference.engine.local import LocalBackend
@@ -196,6 +199,7 @@ class LLMHandler:
             dtype=config.dtype,
             max_batch_size=config.max_batch_size,
             torch_threads=config.torch_threads,
+            observer=self._observer,
         )
 
     @functools.cached_property

@@ -9,6 +9,7 @@ cache length, so each row carries its own attention mask and position ids.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 
 import torch
@@ -16,6 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreT
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from inference.engine.batch import Batch
+from inference.engine.observe import EngineObserver, NoObserver
 from inference.engine.sampling import ModelSampling, RowSampling, sample_next_tokens
 from inference.engine.sequence import SequenceState
 from inference.engine.sequence import decode_tokens as decode_tokens  # bench/ imports it from here
@@ -102,8 +104,10 @@ class LocalBackend:
         dtype: str,
         max_batch_size: int,
         torch_threads: int,
+        observer: EngineObserver | None = None,
     ) -> None:
         self.model_name = served_name
+        self._observer: EngineObserver = observer or NoObserver()
         self.device = resolve_device(device)
         self.max_batch_size = max_batch_size
         self._torch_threads = torch_threads
@@ -186,6 +190,7 @@ class LocalBackend:
             if self._stopping:
                 raise EngineUnavailable("the engine is shut down")
             self._waiting.append(seq)
+            self._observer.queue_depth(depth=len(self._waiting))
             self._cv.notify()
         return seq
 
@@ -201,6 +206,7 @@ class LocalBackend:
             self._active.discard(seq)
             if seq in self._waiting:
                 self._waiting.remove(seq)
+                self._observer.queue_depth(depth=len(self._waiting))
             self._cv.notify()
 
     # Scheduler thread.
@@ -221,12 +227,15 @@ class LocalBackend:
                 while self._waiting and len(self._active) < self.max_batch_size:
                     admitted.append(self._waiting.popleft())
                     self._active.add(admitted[-1])
+                if admitted:
+                    self._observer.queue_depth(depth=len(self._waiting))
             batch = self._step(batch, admitted)
         error = EngineUnavailable("the engine is shut down")
         with self._cv:
             pending = list(self._waiting) + list(self._active)
         for seq in pending:
             seq.fail(error)
+        self._observer.queue_depth(depth=0)
 
     def _step(self, batch: Batch | None, admitted: list[SequenceState]) -> Batch | None:
         """Prefill `admitted`, merge them in, and run one decode step; errors fail only the
@@ -251,6 +260,7 @@ class LocalBackend:
                     return None
                 if len(live) < len(batch.seqs):
                     batch = batch.select(live)
+                self._observer.batch_step(size=len(batch.seqs))
                 self._decode(batch)
                 return batch
         except Exception as exc:
@@ -357,7 +367,20 @@ class LocalBackend:
                     failure.__cause__ = exc
                     if not seq.done:
                         seq.fail(failure)
+                else:
+                    self._observe(seq)
         return tokens
+
+    def _observe(self, seq: SequenceState) -> None:
+        """Timings of a sequence that just accepted a token, from its submission."""
+        if seq.completion_tokens == 1 or seq.finish_reason in ("stop", "length"):
+            seconds = time.perf_counter() - seq.submitted_at
+            if seq.completion_tokens == 1:
+                self._observer.first_token(model=self.model_name, seconds=seconds)
+            if seq.finish_reason in ("stop", "length"):
+                self._observer.generation_finished(
+                    model=self.model_name, seconds=seconds, completion_tokens=seq.completion_tokens
+                )
 
 
 def _token_mask(token_ids: list[int], *, vocab_size: int, device: torch.device) -> torch.Tensor:

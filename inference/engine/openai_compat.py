@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from inference.engine import http
+from inference.engine.observe import EngineObserver, NoObserver
 from inference.engine.stream import GenerationStream
 from inference.engine.tokens import tiktoken_encoding
 from inference.engine.types import (
@@ -33,10 +34,14 @@ class OpenAIBackend:
         request_timeout_s: float,
         max_retries: int,
         retry_backoff_s: float,
+        observer: EngineObserver | None = None,
     ) -> None:
         if not base_url:
             raise ValueError("the openai backend needs a base_url")
         self.model_name = served_name
+        # The upstream batches; what is seen here is its answer: the first streamed token, and
+        # the whole generation (a plain answer's first token cannot be told apart from its end).
+        self._observer: EngineObserver = observer or NoObserver()
         self._upstream_model = model
         self._max_retries = max_retries
         self._retry_backoff_s = retry_backoff_s
@@ -69,6 +74,7 @@ class OpenAIBackend:
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
         is_chat = request.messages is not None
+        started = time.perf_counter()
         self._track(+1)
         try:
             response = self._send(request, stream=False)
@@ -82,23 +88,32 @@ class OpenAIBackend:
                 ) from exc
         finally:
             self._track(-1)
-        return self._result(
+        result = self._result(
             request=request,
             text=text or "",
             finish_reason=choice.get("finish_reason"),
             usage=body.get("usage"),
         )
+        self._observer.generation_finished(
+            model=self.model_name,
+            seconds=time.perf_counter() - started,
+            completion_tokens=result.completion_tokens,
+        )
+        return result
 
     def start(self, request: GenerationRequest) -> GenerationStream:
         """Connects before returning, so that an upstream that is down or refuses the request
         raises here rather than in the middle of the caller's response."""
+        started = time.perf_counter()
         self._track(+1)
         try:
             response = self._send(request, stream=True)
         except BaseException:
             self._track(-1)
             raise
-        return GenerationStream(_UpstreamStream(backend=self, request=request, response=response))
+        return GenerationStream(
+            _UpstreamStream(backend=self, request=request, response=response, started=started)
+        )
 
     def shutdown(self) -> None:
         self._client.close()
@@ -176,9 +191,15 @@ class _UpstreamStream:
     """Passes an upstream server-sent-event stream through as StreamChunks."""
 
     def __init__(
-        self, *, backend: OpenAIBackend, request: GenerationRequest, response: http.AnyResponse
+        self,
+        *,
+        backend: OpenAIBackend,
+        request: GenerationRequest,
+        response: http.AnyResponse,
+        started: float,
     ) -> None:
         self._backend = backend
+        self._started = started
         self._request = request
         self._response = response
         self._events = _sse_data(response)
@@ -196,6 +217,10 @@ class _UpstreamStream:
                     self._finish_reason = choice.get("finish_reason") or self._finish_reason
                     piece = (choice.get("delta") or {}).get("content") if is_chat else choice.get("text")
                     if piece:
+                        if not self._text_parts:
+                            self._backend._observer.first_token(
+                                model=self._backend.model_name, seconds=time.perf_counter() - self._started
+                            )
                         self._text_parts.append(piece)
                         return StreamChunk(text=piece)
         except http.TransportErrors as exc:
@@ -205,12 +230,18 @@ class _UpstreamStream:
             self._close()
             raise
         self._close()
-        return self._backend._result(
+        result = self._backend._result(
             request=self._request,
             text="".join(self._text_parts),
             finish_reason=self._finish_reason,
             usage=self._usage,
         )
+        self._backend._observer.generation_finished(
+            model=result.model,
+            seconds=time.perf_counter() - self._started,
+            completion_tokens=result.completion_tokens,
+        )
+        return result
 
     def cancel(self) -> None:
         self._close()

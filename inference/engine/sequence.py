@@ -4,6 +4,7 @@ incrementally), its stop strings, and the events that its caller reads."""
 from __future__ import annotations
 
 import queue
+import time
 from collections.abc import Callable, Sequence
 
 import torch
@@ -36,6 +37,7 @@ class SequenceState:
     ) -> None:
         self.prompt_ids = prompt_ids
         self.params = params
+        self.submitted_at = time.perf_counter()
         self.generator = torch.Generator(device=device)
         if params.seed is None:
             self.generator.seed()

@@ -4,6 +4,7 @@ OpenAI protocol, and the gateway reaching it with the openai backend."""
 from __future__ import annotations
 
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -96,3 +97,30 @@ def test_gateway_reaches_the_service_with_the_openai_backend(
         assert response.json()["meta"]["completion_tokens"] <= 3
     finally:
         services._handler = previous
+
+
+def test_the_service_exports_its_engine_metrics(inference_service: str) -> None:
+    """Its engine batches every gateway's requests: its queue, batch and timings are its own."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def samples() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        with urllib.request.urlopen(
+            inference_service.removesuffix("/v1") + "/metrics", timeout=10
+        ) as response:
+            text = response.read().decode()
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+    ttft = ("llmp_time_to_first_token_seconds_count", (("model", "tiny"),))
+    generated = ("llmp_generation_seconds_count", (("model", "tiny"),))
+    before = samples()
+    client = openai.OpenAI(base_url=inference_service, api_key="unused", max_retries=0)
+    client.completions.create(model="tiny", prompt="hello", max_tokens=3, temperature=0)
+    after = samples()
+    assert after[ttft] == before.get(ttft, 0) + 1
+    assert after[generated] == before.get(generated, 0) + 1
+    assert after[("llmp_engine_batch_size_count", ())] > before.get(("llmp_engine_batch_size_count", ()), 0)
+    assert after[("llmp_engine_queue_depth", ())] == 0
