@@ -6,6 +6,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 
 from accounts.apis import OAuthTokenApi
 from common import apis as common_apis
+from console import auth_views as console_sign
 
 api_v1 = [
     path("", include("accounts.urls")),
@@ -16,6 +17,8 @@ api_v1 = [
 ]
 
 urlpatterns = [
+    path("", console_sign.landing, name="landing"),
+    path("console/", include("console.urls")),
     path("api/v1/", include(api_v1)),
     path("v1/", include("inference.openai_urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

@@ -1,8 +1,5 @@
 from __future__ import annotations
 
-import csv
-import io
-
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema, inline_serializer
@@ -14,7 +11,7 @@ from rest_framework.views import APIView
 from accounts.context import auth_context
 from accounts.scopes import USAGE_READ
 from accounts.serializers import MeOutputSerializer
-from usage.selectors import usage_report
+from usage.selectors import usage_report, usage_report_csv
 from usage.serializers import MeQuerySerializer, UsageQuerySerializer, UsageRowSerializer
 from usage.services import budget_views
 
@@ -100,14 +97,11 @@ class UsageReportApi(APIView):
             start=params["start"],
             end=params["end"],
             group_by=params["group_by"],
+            split_by=params.get("split_by"),
         )
         if params["format"] == "csv":
-            buffer = io.StringIO()
-            columns = [params["group_by"], "requests", "prompt_tokens", "completion_tokens", "total_tokens"]
-            writer = csv.DictWriter(buffer, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(rows)
-            response = HttpResponse(buffer.getvalue(), content_type="text/csv")
+            body = usage_report_csv(rows=rows, group_by=params["group_by"], split_by=params.get("split_by"))
+            response = HttpResponse(body, content_type="text/csv")
             response["Content-Disposition"] = (
                 f'attachment; filename="usage-{context.organization.slug}-{params["start"]}-{params["end"]}.csv"'
             )

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import csv
+import io
 from datetime import date, datetime
 from typing import Any
 
@@ -37,35 +39,49 @@ def tokens_used_since(*, organization_id: int, scope: str, subject: str, since: 
 
 
 def usage_report(
-    *, organization: Organization, start: date, end: date, group_by: str
+    *, organization: Organization, start: date, end: date, group_by: str, split_by: str | None = None
 ) -> list[dict[str, Any]]:
-    """One row per group over [start, end] (inclusive days), from the daily rollups."""
-    column = GROUPS[group_by]
+    """One row per group over [start, end] (inclusive days), from the daily rollups; with
+    `split_by`, one row per group and value of the second grouping (days by model, for a chart)."""
+    columns = [GROUPS[group_by]] + ([GROUPS[split_by]] if split_by and split_by != group_by else [])
+    names = [group_by] + ([split_by] if len(columns) > 1 and split_by else [])
     rows = (
         UsageDaily.objects.filter(organization=organization, day__gte=start, day__lte=end)
-        .values(column)
+        .values(*columns)
         .annotate(
             requests_sum=Sum("requests"),
             prompt_sum=Sum("prompt_tokens"),
             completion_sum=Sum("completion_tokens"),
         )
-        .order_by(column)
+        .order_by(*columns)
     )
     report = []
     for row in rows:
-        group = row[column]
-        if isinstance(group, date):
-            group = group.isoformat()
-        report.append(
-            {
-                group_by: group,
-                "requests": int(row["requests_sum"]),
-                "prompt_tokens": int(row["prompt_sum"]),
-                "completion_tokens": int(row["completion_sum"]),
-                "total_tokens": int(row["prompt_sum"] + row["completion_sum"]),
-            }
+        entry: dict[str, Any] = {}
+        for name, column in zip(names, columns, strict=True):
+            group = row[column]
+            entry[name] = group.isoformat() if isinstance(group, date) else group
+        entry.update(
+            requests=int(row["requests_sum"]),
+            prompt_tokens=int(row["prompt_sum"]),
+            completion_tokens=int(row["completion_sum"]),
+            total_tokens=int(row["prompt_sum"] + row["completion_sum"]),
         )
+        report.append(entry)
     return report
+
+
+def usage_report_csv(*, rows: list[dict[str, Any]], group_by: str, split_by: str | None = None) -> str:
+    """The report as CSV, its grouping columns first (the API's `format=csv` and the console's
+    download)."""
+    groups = [group_by] + ([split_by] if split_by and split_by != group_by else [])
+    buffer = io.StringIO()
+    writer = csv.DictWriter(
+        buffer, fieldnames=[*groups, "requests", "prompt_tokens", "completion_tokens", "total_tokens"]
+    )
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
 
 
 def tokens_per_day(*, organization: Organization, start: date, end: date) -> list[tuple[date, int]]:

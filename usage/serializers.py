@@ -40,6 +40,11 @@ class DateRangeSerializer(serializers.Serializer):
 
 class UsageQuerySerializer(DateRangeSerializer):
     group_by = serializers.ChoiceField(choices=sorted(GROUPS), default="day")
+    split_by = serializers.ChoiceField(
+        choices=sorted(GROUPS),
+        required=False,
+        help_text="A second grouping within each group: `group_by=day&split_by=model` gives each day's tokens per model.",
+    )
     format = serializers.ChoiceField(choices=["json", "csv"], default="json")
 
 

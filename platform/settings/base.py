@@ -42,6 +42,7 @@ INSTALLED_APPS = [
     "inference",
     "knowledge",
     "billing",
+    "console",
 ]
 
 # The order is the request pipeline's contract: request id and error shaping wrap everything;

@@ -1,0 +1,130 @@
+"""Signing in and out of the console, joining with an invitation, choosing the organization,
+and the short-lived API token the console's pages call the API with."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib.auth import authenticate, login, logout
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.shortcuts import render
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_http_methods, require_POST
+from rest_framework_simplejwt.tokens import RefreshToken
+
+from accounts.audit import actor_anonymous
+from accounts.invitations import invitation_accept, invitation_get_pending
+from accounts.throttling import SignInThrottled, client_ip, sign_in_attempt
+from common.errors import APIError
+from console.context import SESSION_ORGANIZATION, Console, console_for, console_page
+from console.forms import AcceptInvitationForm, SignInForm
+
+
+def _next_url(request: HttpRequest) -> str:
+    target = request.POST.get("next") or request.GET.get("next") or "/console/"
+    if url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return target
+    return "/console/"
+
+
+def landing(request: HttpRequest) -> HttpResponse:
+    return render(request, "console/landing.html", {"signed_in": request.user.is_authenticated})
+
+
+@require_http_methods(["GET", "POST"])
+def sign_in(request: HttpRequest) -> HttpResponse:
+    form = SignInForm(request.POST or None)
+    status = 200
+    if request.method == "POST" and form.is_valid():
+        email = form.cleaned_data["email"].strip().lower()
+        try:
+            attempt = sign_in_attempt(ip=client_ip(request), account_kind="email", account=email)
+        except SignInThrottled as throttled:
+            form.add_error(None, throttled.message)
+            status = 429
+        else:
+            user = authenticate(request, username=email, password=form.cleaned_data["password"])
+            if user is None:  # wrong credentials: the attempt keeps its slots
+                form.add_error(None, "The email or the password is wrong.")
+                status = 400
+            else:
+                attempt.release()
+                login(request, user)
+                return HttpResponseRedirect(_next_url(request))
+    elif request.method == "POST":
+        status = 400
+    context = {
+        "form": form,
+        "next": _next_url(request),
+        "signup_enabled": getattr(settings, "SIGNUP_ENABLED", False),
+    }
+    return render(request, "console/login.html", context, status=status)
+
+
+@require_POST
+def sign_out(request: HttpRequest) -> HttpResponse:
+    logout(request)
+    return HttpResponseRedirect("/console/login/")
+
+
+@require_POST
+@console_page()
+def switch_organization(request: HttpRequest, console: Console) -> HttpResponse:
+    chosen = request.POST.get("organization", "")
+    for membership in console.memberships:
+        if str(membership.organization_id) == chosen:
+            request.session[SESSION_ORGANIZATION] = membership.organization_id
+    return HttpResponseRedirect("/console/")
+
+
+@require_POST
+@console_page()
+def api_token(request: HttpRequest, console: Console) -> JsonResponse:
+    """A JWT access token for the signed-in member and organization: the console's scripts call
+    the API with it, as any client would (the API never reads the session cookie)."""
+    refresh = RefreshToken.for_user(console.user)
+    refresh["org"] = console.organization.pk
+    refresh["role"] = console.membership.role
+    access = refresh.access_token
+    lifetime = int(access.lifetime.total_seconds())
+    return JsonResponse({"access": str(access), "expires_in": lifetime})
+
+
+@require_http_methods(["GET", "POST"])
+def accept_invitation(request: HttpRequest) -> HttpResponse:
+    token = request.POST.get("token") or request.GET.get("token") or ""
+    form = AcceptInvitationForm(request.POST or None, initial={"token": token})
+    try:
+        invitation = invitation_get_pending(token=token)
+    except APIError as error:
+        return render(request, "console/accept.html", {"error": error.message}, status=400)
+    from accounts.models import User
+
+    has_account = User.objects.filter(email=invitation.email).exists()
+    status = 200
+    if request.method == "POST" and form.is_valid():
+        password = form.cleaned_data["password"] or None
+        try:
+            accepted = invitation_accept(
+                token=token, password=password, actor=actor_anonymous(request, label="invitee")
+            )
+        except APIError as error:
+            form.add_error("password" if error.param == "password" else None, error.message)
+            status = 400
+        else:
+            membership = accepted.membership
+            if password is not None:
+                login(request, membership.user, backend="django.contrib.auth.backends.ModelBackend")
+                request.session[SESSION_ORGANIZATION] = membership.organization_id
+                return HttpResponseRedirect("/console/")
+            return HttpResponseRedirect(
+                f"/console/login/?next=/console/&joined={membership.organization.slug}"
+            )
+    context = {
+        "form": form,
+        "invitation": invitation,
+        "has_account": has_account,
+        "current": console_for(request),
+    }
+    return render(request, "console/accept.html", context, status=status)
