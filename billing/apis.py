@@ -13,10 +13,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.audit import actor_from_request
+from accounts.audit import actor_anonymous, actor_from_request
 from accounts.context import AuthContext
 from accounts.models import Organization
 from accounts.scopes import BILLING_READ, BILLING_WRITE
+from accounts.serializers import jwt_pair_for
+from accounts.throttling import client_ip
 from billing.models import Subscription
 from billing.periods import today_utc
 from billing.selectors import (
@@ -37,10 +39,19 @@ from billing.serializers import (
     PendingPlanSerializer,
     PlanSerializer,
     PlanSummarySerializer,
+    SignupInputSerializer,
+    SignupSerializer,
     SubscriptionInputSerializer,
     SubscriptionSerializer,
 )
 from billing.services import stripe_webhook_receive, subscription_change
+from billing.signup import (
+    SignupFailed,
+    signup_attempt,
+    signup_check_enabled,
+    signup_check_password,
+    signup_create,
+)
 from common.errors import NotFound
 
 
@@ -248,6 +259,61 @@ class SubscriptionChangeApi(APIView):
             "pending_plan": _pending(choice.pending),
         }
         return Response(SubscriptionSerializer(body).data)
+
+
+class SignupApi(APIView):
+    """Public: creates the caller's organization and signs them in."""
+
+    authentication_classes = ()
+    permission_classes = (AllowAny,)
+
+    @extend_schema(
+        tags=["auth"],
+        operation_id="signup",
+        request=SignupInputSerializer,
+        responses={
+            201: SignupSerializer,
+            400: OpenApiResponse(
+                description="Invalid body, a password the validators refuse, or `signup_failed`"
+            ),
+            404: OpenApiResponse(description="Sign-up is off on this server (SIGNUP_ENABLED)"),
+            429: OpenApiResponse(description="Too many sign-ups from this address (Retry-After)"),
+        },
+        description=(
+            "A new organization (its slug made from the name) on the server's default plan, with "
+            "the caller as its owner, and a JWT pair acting for it. An email that already has an "
+            "account signs up with that account's password; any other password answers "
+            "`signup_failed`. Attempts are limited per client address."
+        ),
+    )
+    def post(self, request: Request) -> Response:
+        signup_check_enabled()
+        attempt = signup_attempt(ip=client_ip(request))
+        try:
+            data = SignupInputSerializer(data=request.data)
+            data.is_valid(raise_exception=True)
+            fields = data.validated_data
+            signup_check_password(email=fields["email"], password=fields["password"])
+            result = signup_create(
+                email=fields["email"],
+                password=fields["password"],
+                organization_name=fields["organization_name"],
+                actor=actor_anonymous(request, label=fields["email"]),
+            )
+        except SignupFailed:
+            raise  # an account's password was tried: the attempt keeps its slot
+        except Exception:
+            attempt.release()
+            raise
+        organization, membership = result.organization, result.membership
+        body = {
+            "object": "signup",
+            "organization": {"id": organization.pk, "slug": organization.slug, "name": organization.name},
+            "user": {"id": membership.user.pk, "email": membership.user.email, "role": membership.role},
+            "plan": result.subscription.plan if result.subscription is not None else None,
+            **jwt_pair_for(membership=membership),
+        }
+        return Response(SignupSerializer(body).data, status=201)
 
 
 class StripeWebhookApi(APIView):

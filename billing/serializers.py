@@ -128,3 +128,34 @@ class SubscriptionSerializer(serializers.Serializer):
     starts_on = serializers.DateField()
     current_plan = PlanSummarySerializer(allow_null=True, help_text="The plan in force today.")
     pending_plan = PendingPlanSerializer(allow_null=True, help_text="The change that starts next period.")
+
+
+class SignupInputSerializer(serializers.Serializer):
+    email = serializers.EmailField(max_length=254)
+    password = serializers.CharField(
+        write_only=True,
+        trim_whitespace=False,
+        max_length=1024,
+        help_text="At least 8 characters, not a common password. An existing account's own password "
+        "signs up a new organization for that account.",
+    )
+    organization_name = serializers.CharField(max_length=200)
+
+
+class SignupSerializer(serializers.Serializer):
+    class OrganizationSerializer(serializers.Serializer):
+        id = serializers.IntegerField()
+        slug = serializers.CharField(help_text="Made from the name, unique.")
+        name = serializers.CharField()
+
+    class UserSerializer(serializers.Serializer):
+        id = serializers.IntegerField()
+        email = serializers.EmailField()
+        role = serializers.CharField()
+
+    object = serializers.CharField()
+    organization = OrganizationSerializer()
+    user = UserSerializer()
+    plan = PlanSummarySerializer(allow_null=True, help_text="DEFAULT_PLAN; null when none is set.")
+    access = serializers.CharField(help_text="A JWT acting for the new organization (Bearer).")
+    refresh = serializers.CharField()

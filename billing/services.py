@@ -82,6 +82,24 @@ def plan_create(
     return plan
 
 
+def default_plan_ensure(*, slug: str) -> Plan:
+    """The plan `slug`, created free when it does not exist, with limits that let one try the
+    platform (`migrate` in development: DEFAULT_PLAN_AUTO_CREATE), not run a service on it."""
+    existing = Plan.objects.filter(slug=slug).first()
+    if existing is not None:
+        return existing
+    return plan_create(
+        slug=slug,
+        name=slug.replace("-", " ").title(),
+        monthly_price=Decimal(0),
+        prompt_price_per_1k=Decimal(0),
+        completion_price_per_1k=Decimal(0),
+        requests_per_minute=60,
+        tokens_per_minute=20_000,
+        token_quota=1_000_000,
+    )
+
+
 def plan_prices_check_editable(*, plan: Plan) -> None:
     """Raises when the plan's prices are frozen (an organization has been on it)."""
     if plan_is_in_use(plan=plan):

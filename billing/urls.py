@@ -11,5 +11,6 @@ urlpatterns = [
     path("billing/costs/", apis.UsageCostApi.as_view(), name="billing-costs"),
     path("billing/plans/", apis.PlanListApi.as_view(), name="billing-plans"),
     path("billing/subscription/", apis.SubscriptionChangeApi.as_view(), name="billing-subscription"),
+    path("signup/", apis.SignupApi.as_view(), name="signup"),
     path("billing/stripe/webhook/", apis.StripeWebhookApi.as_view(), name="billing-stripe-webhook"),
 ]

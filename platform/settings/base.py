@@ -181,6 +181,13 @@ AUTH_THROTTLE_WINDOW_SECONDS = env.int("AUTH_THROTTLE_WINDOW_SECONDS", default=6
 AUTH_THROTTLE_ACCOUNT_FAILURES = env.int("AUTH_THROTTLE_ACCOUNT_FAILURES", default=5)
 AUTH_THROTTLE_IP_FAILURES = env.int("AUTH_THROTTLE_IP_FAILURES", default=20)
 
+# Self-service sign-up (/api/v1/signup/): off unless set (development and tests turn it on).
+# Attempts per client address per window, successful ones included: each creates an
+# organization or costs a password hash.
+SIGNUP_ENABLED = env.bool("SIGNUP_ENABLED", default=False)
+SIGNUP_THROTTLE_WINDOW_SECONDS = env.int("SIGNUP_THROTTLE_WINDOW_SECONDS", default=3600)
+SIGNUP_THROTTLE_IP_ATTEMPTS = env.int("SIGNUP_THROTTLE_IP_ATTEMPTS", default=10)
+
 # Self-service: invitations, and the emails that carry them (console by default; EMAIL_URL as
 # django-environ reads it, e.g. smtp+tls://user:password@smtp.example.com:587).
 INVITATION_TTL_SECONDS = env.int("INVITATION_TTL_SECONDS", default=7 * 24 * 3600)
@@ -367,6 +374,10 @@ BILLING_GRACE_DAYS = env.int("BILLING_GRACE_DAYS", default=7)
 STRIPE_API_KEY = env.str("STRIPE_API_KEY", default="")
 STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="")
 STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="")
+# The plan (slug) a new organization signs up on; empty: none. DEFAULT_PLAN_AUTO_CREATE makes
+# `migrate` create it, free, when it is missing (development).
+DEFAULT_PLAN = env.str("DEFAULT_PLAN", default="")
+DEFAULT_PLAN_AUTO_CREATE = env.bool("DEFAULT_PLAN_AUTO_CREATE", default=False)
 CELERY_BEAT_SCHEDULE.update(
     {
         "bill-previous-month": {

@@ -10,3 +10,8 @@ SECRET_KEY = SECRET_KEY or "development-only-insecure-secret-key-do-not-deploy"
 
 # The embedded SQLite database and the index folder live here.
 VAR_DIR.mkdir(parents=True, exist_ok=True)  # noqa: F405
+
+# Sign-up works out of the box, on a free plan that `migrate` creates.
+SIGNUP_ENABLED = env.bool("SIGNUP_ENABLED", default=True)
+DEFAULT_PLAN = env.str("DEFAULT_PLAN", default="free")
+DEFAULT_PLAN_AUTO_CREATE = env.bool("DEFAULT_PLAN_AUTO_CREATE", default=True)

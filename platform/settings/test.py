@@ -7,10 +7,11 @@ import os
 import uuid
 
 from .base import *  # noqa: F403
-from .base import CACHES, SECRET_KEY, VAR_DIR
+from .base import CACHES, SECRET_KEY, VAR_DIR, env
 
 SECRET_KEY = SECRET_KEY or "test-only-secret-key-that-is-long-enough-for-hmac-sha256"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+SIGNUP_ENABLED = env.bool("SIGNUP_ENABLED", default=True)
 
 # Each test run has its own namespace in the shared Redis, inherited by the servers and workers
 # the tests start, so runs never see each other's counters.
