@@ -142,20 +142,22 @@ class SignupInputSerializer(serializers.Serializer):
     organization_name = serializers.CharField(max_length=200)
 
 
+class SignupOrganizationSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    slug = serializers.CharField(help_text="Made from the name, unique.")
+    name = serializers.CharField()
+
+
+class SignupUserSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    email = serializers.EmailField()
+    role = serializers.CharField()
+
+
 class SignupSerializer(serializers.Serializer):
-    class OrganizationSerializer(serializers.Serializer):
-        id = serializers.IntegerField()
-        slug = serializers.CharField(help_text="Made from the name, unique.")
-        name = serializers.CharField()
-
-    class UserSerializer(serializers.Serializer):
-        id = serializers.IntegerField()
-        email = serializers.EmailField()
-        role = serializers.CharField()
-
     object = serializers.CharField()
-    organization = OrganizationSerializer()
-    user = UserSerializer()
+    organization = SignupOrganizationSerializer()
+    user = SignupUserSerializer()
     plan = PlanSummarySerializer(allow_null=True, help_text="DEFAULT_PLAN; null when none is set.")
     access = serializers.CharField(help_text="A JWT acting for the new organization (Bearer).")
     refresh = serializers.CharField()
