@@ -4,7 +4,9 @@ from typing import Any
 
 from rest_framework import serializers
 
+from accounts.models import BudgetPeriod
 from billing.selectors import COST_GROUPS
+from usage.admission import END_USER_MAX_CHARS
 from usage.serializers import DateRangeSerializer
 
 
@@ -161,3 +163,111 @@ class SignupSerializer(serializers.Serializer):
     plan = PlanSummarySerializer(allow_null=True, help_text="DEFAULT_PLAN; null when none is set.")
     access = serializers.CharField(help_text="A JWT acting for the new organization (Bearer).")
     refresh = serializers.CharField()
+
+
+_PERIOD_HELP = "day, month, or none (never resets)."
+
+
+class PlanGrantSerializer(serializers.Serializer):
+    slug = serializers.SlugField()
+    name = serializers.CharField()
+    token_quota = serializers.IntegerField(allow_null=True, help_text="Tokens per month; null: unlimited.")
+    requests_per_minute = serializers.IntegerField(allow_null=True)
+    tokens_per_minute = serializers.IntegerField(allow_null=True)
+
+
+class OrganizationLimitsSerializer(serializers.Serializer):
+    token_quota = serializers.IntegerField(allow_null=True, help_text="Null: unlimited.")
+    quota_period = serializers.CharField(help_text=_PERIOD_HELP)
+    requests_per_minute = serializers.IntegerField(allow_null=True)
+    tokens_per_minute = serializers.IntegerField(allow_null=True)
+    end_user_token_budget = serializers.IntegerField(
+        allow_null=True, help_text="Every end user's budget unless they have their own; null: none."
+    )
+    end_user_budget_period = serializers.CharField(help_text=_PERIOD_HELP)
+
+
+class MemberBudgetSerializer(serializers.Serializer):
+    id = serializers.IntegerField(help_text="The membership's id (members/<id>/).")
+    user_id = serializers.IntegerField(source="user.pk")
+    email = serializers.EmailField(source="user.email")
+    role = serializers.CharField()
+    token_budget = serializers.IntegerField(allow_null=True)
+    budget_period = serializers.CharField()
+
+
+class KeyBudgetSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    prefix = serializers.CharField()
+    name = serializers.CharField()
+    token_budget = serializers.IntegerField(allow_null=True)
+    budget_period = serializers.CharField()
+    requests_per_minute = serializers.IntegerField(allow_null=True, help_text="Null: the organization's.")
+    tokens_per_minute = serializers.IntegerField(allow_null=True, help_text="Null: the organization's.")
+
+
+class EndUserBudgetSerializer(serializers.Serializer):
+    end_user = serializers.CharField()
+    token_budget = serializers.IntegerField()
+    budget_period = serializers.CharField()
+
+
+class BudgetOverviewSerializer(serializers.Serializer):
+    object = serializers.SerializerMethodField()
+    plan = PlanGrantSerializer(allow_null=True, help_text="What the plan in force grants; null: no plan.")
+    organization = OrganizationLimitsSerializer()
+    members = MemberBudgetSerializer(many=True)
+    api_keys = KeyBudgetSerializer(many=True, help_text="Keys not revoked.")
+    end_users = EndUserBudgetSerializer(many=True, help_text="End users with a budget of their own.")
+
+    def get_object(self, overview: Any) -> str:
+        return "organization.budgets"
+
+
+class BudgetInputSerializer(serializers.Serializer):
+    target = serializers.ChoiceField(choices=["organization", "member", "api_key", "end_user"])
+    id = serializers.IntegerField(
+        required=False, min_value=1, help_text="The membership's id (member) or the key's id (api_key)."
+    )
+    end_user = serializers.CharField(
+        required=False,
+        max_length=END_USER_MAX_CHARS,
+        help_text="The end user (a request's `user_id`); left out with target end_user: every end user's default.",
+    )
+    token_budget = serializers.IntegerField(
+        allow_null=True,
+        min_value=0,
+        max_value=2**63 - 1,
+        help_text="Tokens per period; null: no limit (an end user's own budget is removed).",
+    )
+    budget_period = serializers.ChoiceField(
+        choices=BudgetPeriod.values, required=False, help_text=_PERIOD_HELP
+    )
+    requests_per_minute = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        min_value=0,
+        max_value=2**31 - 1,
+        help_text="organization and api_key.",
+    )
+    tokens_per_minute = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        min_value=0,
+        max_value=2**31 - 1,
+        help_text="organization and api_key.",
+    )
+
+
+class BudgetEntrySerializer(serializers.Serializer):
+    object = serializers.SerializerMethodField()
+    target = serializers.CharField()
+    id = serializers.IntegerField(allow_null=True)
+    end_user = serializers.CharField(allow_null=True)
+    token_budget = serializers.IntegerField(allow_null=True)
+    budget_period = serializers.CharField()
+    requests_per_minute = serializers.IntegerField(allow_null=True)
+    tokens_per_minute = serializers.IntegerField(allow_null=True)
+
+    def get_object(self, entry: Any) -> str:
+        return "budget"

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from billing import apis
+from billing import apis, budget_apis
 
 urlpatterns = [
     path("billing/invoices/", apis.InvoiceListApi.as_view(), name="billing-invoices"),
@@ -11,6 +11,7 @@ urlpatterns = [
     path("billing/costs/", apis.UsageCostApi.as_view(), name="billing-costs"),
     path("billing/plans/", apis.PlanListApi.as_view(), name="billing-plans"),
     path("billing/subscription/", apis.SubscriptionChangeApi.as_view(), name="billing-subscription"),
+    path("organization/budgets/", budget_apis.BudgetApi.as_view(), name="organization-budgets"),
     path("signup/", apis.SignupApi.as_view(), name="signup"),
     path("billing/stripe/webhook/", apis.StripeWebhookApi.as_view(), name="billing-stripe-webhook"),
 ]

@@ -71,6 +71,8 @@ MATRIX: dict[tuple[str, str], tuple[bool, bool, bool, bool] | str] = {
     ("GET", "/api/v1/billing/costs/"): (True, False, False, False),
     ("GET", "/api/v1/billing/plans/"): (True, True, True, True),
     ("POST", "/api/v1/billing/subscription/"): (True, False, False, False),
+    ("GET", "/api/v1/organization/budgets/"): (True, True, False, True),
+    ("PUT", "/api/v1/organization/budgets/"): (True, True, False, False),
     ("POST", "/api/v1/signup/"): PUBLIC,
     ("POST", "/api/v1/auth/token/"): PUBLIC,
     ("POST", "/api/v1/auth/token/refresh/"): PUBLIC,
