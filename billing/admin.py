@@ -84,7 +84,7 @@ class PlanAdmin(admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: Plan, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)
         if change and set(_LIMIT_FIELDS) & set(form.changed_data):
-            count = services.plan_limits_apply(plan=obj)
+            count = services.plan_limits_apply(plan=obj, actor=actor_operator(request))
             self.message_user(request, f"Applied the new limits to {count} organization(s) on {obj.name}.")
 
 

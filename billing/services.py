@@ -13,7 +13,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Min
 from django.utils import timezone
 
-from accounts.audit import Actor, audit_record
+from accounts.audit import Actor, audit_record, field_changes
 from accounts.models import BudgetPeriod, Organization
 from accounts.services import organization_reactivate, organization_suspend, organization_update
 from billing import stripe_sync
@@ -121,16 +121,21 @@ def _organization_update(*, organization: Organization, **fields: object) -> Org
     return fresh
 
 
-def _plan_limits_apply(*, organization: Organization, plan: Plan) -> None:
-    _organization_update(
-        organization=organization,
-        requests_per_minute=plan.requests_per_minute,
-        tokens_per_minute=plan.tokens_per_minute,
-        token_quota=plan.token_quota,
-        quota_period=BudgetPeriod.MONTH,
-        search_requests_per_minute=plan.search_requests_per_minute,
-        ingestion_token_quota=plan.ingestion_token_quota,
-    )
+def _plan_limits_apply(*, organization: Organization, plan: Plan) -> dict[str, list[Any]]:
+    """Gives the organization the plan's limits; returns `{field: [old, new]}` of what changed."""
+    fields: dict[str, Any] = {
+        "requests_per_minute": plan.requests_per_minute,
+        "tokens_per_minute": plan.tokens_per_minute,
+        "token_quota": plan.token_quota,
+        "quota_period": BudgetPeriod.MONTH,
+        "search_requests_per_minute": plan.search_requests_per_minute,
+        "ingestion_token_quota": plan.ingestion_token_quota,
+    }
+    with transaction.atomic():
+        current = Organization.objects.select_for_update().get(pk=organization.pk)
+        changes = field_changes(instance=current, fields=fields)
+        _organization_update(organization=organization, **fields)
+    return changes
 
 
 def subscription_change_check(*, organization: Organization, plan: Plan, now: datetime | None = None) -> None:
@@ -235,8 +240,9 @@ def subscriptions_activate(*, now: datetime | None = None) -> int:
     return len(latest)
 
 
-def plan_limits_apply(*, plan: Plan, now: datetime | None = None) -> int:
-    """Applies the plan's (edited) limits to every organization on it today."""
+def plan_limits_apply(*, plan: Plan, now: datetime | None = None, actor: Actor | None = None) -> int:
+    """Applies the plan's (edited) limits to every organization on it today; with an `actor`,
+    each organization's audit log records what changed (`plan.limits_applied`)."""
     today = today_utc(now or timezone.now())
     count = 0
     for organization_id in (
@@ -247,7 +253,17 @@ def plan_limits_apply(*, plan: Plan, now: datetime | None = None) -> int:
         organization = Organization.objects.get(pk=organization_id)
         in_force = subscription_in_force(organization=organization, day=today)
         if in_force is not None and in_force.plan_id == plan.pk:
-            _plan_limits_apply(organization=organization, plan=plan)
+            with transaction.atomic():
+                changes = _plan_limits_apply(organization=organization, plan=plan)
+                if actor is not None and changes:
+                    audit_record(
+                        organization=organization,
+                        actor=actor,
+                        action="plan.limits_applied",
+                        target=plan,
+                        target_label=plan.slug,
+                        changes=changes,
+                    )
             count += 1
     return count
 

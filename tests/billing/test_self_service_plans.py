@@ -295,3 +295,32 @@ def test_the_admins_plan_assignment_and_withdrawal_are_audited(
     assert not Subscription.objects.filter(pk=pending.pk).exists()
     (withdrawn,) = _events(alice.organization, "subscription.pending_cancelled")
     assert (withdrawn.actor_type, withdrawn.changes["plan"]) == ("operator", "basic")
+
+
+def test_a_plans_limits_edited_in_the_admin_are_audited_in_each_organization_on_it(
+    alice: Tenant, charlie: Tenant, pro_plan: Plan, basic_plan: Plan
+) -> None:
+    User.objects.create_superuser("ops@platform.test", PASSWORD)
+    operator = Client()
+    operator.login(email="ops@platform.test", password=PASSWORD)
+    subscribe(alice.organization, pro_plan, on=at(2026, 9, 15))
+    subscribe(charlie.organization, basic_plan, on=at(2026, 9, 15))
+    form = {
+        "name": "Pro",
+        "slug": "pro",
+        "public": "on",
+        "requests_per_minute": "120",
+        "tokens_per_minute": "50000",
+        "token_quota": "5000000",
+        "model_prices-TOTAL_FORMS": "0",
+        "model_prices-INITIAL_FORMS": "0",
+    }
+    response = operator.post(f"/admin/billing/plan/{pro_plan.pk}/change/", form)
+    assert response.status_code == 302, response.content
+    (event,) = _events(alice.organization, "plan.limits_applied")
+    assert (event.actor_type, event.target_label, event.changes) == (
+        "operator",
+        "pro",
+        {"requests_per_minute": [100, 120]},
+    )
+    assert not _events(charlie.organization, "plan.limits_applied")
