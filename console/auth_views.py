@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.contrib.auth import authenticate, login, logout
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import render
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods, require_POST
@@ -13,10 +13,18 @@ from rest_framework_simplejwt.tokens import RefreshToken
 
 from accounts.audit import actor_anonymous
 from accounts.invitations import invitation_accept, invitation_get_pending
+from accounts.models import User
 from accounts.throttling import SignInThrottled, client_ip, sign_in_attempt
+from billing.signup import (
+    SignupFailed,
+    signup_attempt,
+    signup_check_enabled,
+    signup_check_password,
+    signup_create,
+)
 from common.errors import APIError
 from console.context import SESSION_ORGANIZATION, Console, console_for, console_page
-from console.forms import AcceptInvitationForm, SignInForm
+from console.forms import AcceptInvitationForm, SignInForm, SignUpForm
 
 
 def _next_url(request: HttpRequest) -> str:
@@ -57,9 +65,50 @@ def sign_in(request: HttpRequest) -> HttpResponse:
     context = {
         "form": form,
         "next": _next_url(request),
-        "signup_enabled": getattr(settings, "SIGNUP_ENABLED", False),
+        "signup_enabled": settings.SIGNUP_ENABLED,
     }
     return render(request, "console/login.html", context, status=status)
+
+
+@require_http_methods(["GET", "POST"])
+def sign_up(request: HttpRequest) -> HttpResponse:
+    """The API's sign-up (`billing.signup`: same throttle, validators and answers), then signed in."""
+    try:
+        signup_check_enabled()
+    except APIError:
+        raise Http404("Sign-up is not available on this server.") from None
+    form = SignUpForm(request.POST or None)
+    status = 200
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            attempt = signup_attempt(ip=client_ip(request))
+        except APIError as error:
+            form.add_error(None, error.message)
+            status = error.status
+        else:
+            try:
+                signup_check_password(email=data["email"], password=data["password"])
+                created = signup_create(
+                    email=data["email"],
+                    password=data["password"],
+                    organization_name=data["organization_name"],
+                    actor=actor_anonymous(request, label=data["email"]),
+                )
+            except SignupFailed as error:  # an account's password was tried: the slot stays taken
+                form.add_error(None, error.message)
+                status = error.status
+            except APIError as error:
+                attempt.release()
+                form.add_error("password" if error.param == "password" else None, error.message)
+                status = error.status
+            else:
+                login(request, created.membership.user, backend="django.contrib.auth.backends.ModelBackend")
+                request.session[SESSION_ORGANIZATION] = created.organization.pk
+                return HttpResponseRedirect("/console/")
+    elif request.method == "POST":
+        status = 400
+    return render(request, "console/signup.html", {"form": form}, status=status)
 
 
 @require_POST
@@ -99,8 +148,6 @@ def accept_invitation(request: HttpRequest) -> HttpResponse:
         invitation = invitation_get_pending(token=token)
     except APIError as error:
         return render(request, "console/accept.html", {"error": error.message}, status=400)
-    from accounts.models import User
-
     has_account = User.objects.filter(email=invitation.email).exists()
     status = 200
     if request.method == "POST" and form.is_valid():

@@ -9,6 +9,7 @@ from console import views
 urlpatterns = [
     path("", views.overview, name="console"),
     path("login/", sign.sign_in, name="console-login"),
+    path("signup/", sign.sign_up, name="console-signup"),
     path("logout/", sign.sign_out, name="console-logout"),
     path("switch/", sign.switch_organization, name="console-switch"),
     path("token/", sign.api_token, name="console-token"),

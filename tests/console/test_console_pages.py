@@ -179,3 +179,25 @@ def test_usage_csv_download(alice: Tenant) -> None:
         == "model,requests,prompt_tokens,completion_tokens,total_tokens"
     )
     assert "attachment" in response["Content-Disposition"]
+
+
+def test_sign_up_in_the_console_makes_an_organization_and_signs_in(client: Client, settings: Any) -> None:
+    settings.SIGNUP_ENABLED = True
+    weak = client.post(
+        "/console/signup/", {"email": "new@example.test", "password": "123", "organization_name": "New Co"}
+    )
+    assert weak.status_code == 400 and b"Password:" in weak.content
+    created = client.post(
+        "/console/signup/", {"email": "new@example.test", "password": PASSWORD, "organization_name": "New Co"}
+    )
+    assert created.status_code == 302 and created["Location"] == "/console/"
+    overview = client.get("/console/")
+    assert overview.status_code == 200 and "New Co" in overview.content.decode()
+    membership = Membership.objects.get(user__email="new@example.test")
+    assert membership.role == "owner" and membership.organization.name == "New Co"
+
+
+def test_sign_up_is_a_404_when_disabled(client: Client, settings: Any) -> None:
+    settings.SIGNUP_ENABLED = False
+    assert client.get("/console/signup/").status_code == 404
+    assert b"/console/signup/" not in client.get("/console/login/").content
