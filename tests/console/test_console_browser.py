@@ -97,6 +97,8 @@ def test_an_owner_runs_their_organization_from_the_console(
 
     page.goto(f"{base}/")
     _shoot(page, "landing")
+    page.goto(f"{base}/console/login/")
+    _shoot(page, "login")
     _sign_in(page, base, alice.owner.email)
     assert page.locator("h1").inner_text() == "Alice"
     _shoot(page, "overview")
