@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint typecheck bench venv install install-dev clean
+.PHONY: run test lint typecheck bench loadtest venv install install-dev clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,17 @@ bench: $(VENV)/.installed-dev
 	$(PY) bench/bench_engine.py --model inference/default_model --threads 1 --out bench/results/engine.json
 	$(PY) bench/bench_http_generate.py
 	$(PY) bench/bench_knowledge.py
+
+# Load test (locust, headless) against a server that is already running; starts nothing itself.
+# Tenants: `bench/loadtest_setup.py --url $(LOADTEST_URL)` writes them to LOADTEST_TENANTS first.
+# Prints locust's summary; exits non-zero when any request failed (429s included).
+LOADTEST_URL ?= http://127.0.0.1:8000
+LOADTEST_SECONDS ?= 60
+LOADTEST_USERS ?= 50
+LOADTEST_TENANTS ?= var/loadtest-tenants.json
+loadtest: $(VENV)/.installed-dev
+	LOADTEST_TENANTS=$(LOADTEST_TENANTS) $(VENV)/bin/locust -f bench/locustfile.py --headless --only-summary \
+		--host $(LOADTEST_URL) --users $(LOADTEST_USERS) --spawn-rate $(LOADTEST_USERS) --run-time $(LOADTEST_SECONDS)s
 
 clean:
 	rm -rf $(VENV) var
