@@ -27,6 +27,10 @@ ACCEPT_PATH = "/console/invitations/accept/"
 
 
 class InvitationInvalid(APIError):
+    """404 for a token that opens nothing (unknown, or replaced by a newer invitation); 409 for
+    one that did, but no longer can (used, expired)."""
+
+    status = 404
     code = "invalid_invitation"
 
 
@@ -141,9 +145,9 @@ def _check_pending(invitation: Invitation | None) -> Invitation:
     if invitation is None or invitation.revoked_at is not None:
         raise InvitationInvalid("This invitation is not valid (it may have been replaced).", param="token")
     if invitation.accepted_at is not None:
-        raise InvitationInvalid("This invitation was already used.", param="token")
+        raise InvitationInvalid("This invitation was already used.", param="token", status=409)
     if invitation.expires_at <= timezone.now():
-        raise InvitationInvalid("This invitation has expired: ask for a new one.", param="token")
+        raise InvitationInvalid("This invitation has expired: ask for a new one.", param="token", status=409)
     return invitation
 
 
@@ -178,7 +182,7 @@ def invitation_accept(*, token: str, password: str | None, actor: Actor) -> Acce
     elif password is not None and not user.check_password(password):
         raise APIError("The password is not this account's.", param="password", code="invalid_password")
     if not user.is_active:
-        raise InvitationInvalid("This account is deactivated.", param="token")
+        raise InvitationInvalid("This account is deactivated.", param="token", status=409)
     membership = Membership.objects.filter(organization=invitation.organization, user=user).first()
     if membership is None:
         membership = membership_create(organization=invitation.organization, user=user, role=invitation.role)

@@ -277,7 +277,13 @@ class InvitationAcceptApi(APIView):
     @extend_schema(
         tags=["auth"],
         request=InvitationAcceptSerializer,
-        responses={200: InvitationAcceptedSerializer},
+        responses={
+            200: InvitationAcceptedSerializer,
+            400: OpenApiResponse(description="A password is needed, too weak, or not the account's"),
+            404: OpenApiResponse(description="The token opens no invitation (unknown, or replaced)"),
+            409: OpenApiResponse(description="The invitation was already used, or has expired"),
+            429: OpenApiResponse(description="Too many attempts from this address"),
+        },
         description=(
             "Joins the organization with the invitation's token, once. Someone new gives the "
             "password of their new account; someone with an account may give theirs to be "

@@ -147,7 +147,7 @@ def accept_invitation(request: HttpRequest) -> HttpResponse:
     try:
         invitation = invitation_get_pending(token=token)
     except APIError as error:
-        return render(request, "console/accept.html", {"error": error.message}, status=400)
+        return render(request, "console/accept.html", {"error": error.message}, status=error.status)
     has_account = User.objects.filter(email=invitation.email).exists()
     status = 200
     if request.method == "POST" and form.is_valid():

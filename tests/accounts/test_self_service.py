@@ -250,7 +250,7 @@ def test_an_invitation_is_emailed_accepted_once_and_signs_the_new_member_in(
     assert client.get("/api/v1/me/").json()["user"]["role"] == "reader"
 
     again = anonymous.post(ACCEPT, {"token": _token(invitation), "password": PASSWORD}, format="json")
-    assert_error_shape(again, status=400, code="invalid_invitation")
+    assert_error_shape(again, status=409, code="invalid_invitation")
     assert (
         Membership.objects.filter(organization=alice.organization, user__email="dana@example.test").count()
         == 1
@@ -266,10 +266,10 @@ def test_an_expired_or_replaced_invitation_is_refused(alice: Tenant) -> None:
     first = _invite(alice.client(), "erin@example.test")
     second = _invite(alice.client(), "erin@example.test")
     replaced = APIClient().post(ACCEPT, {"token": _token(first), "password": PASSWORD}, format="json")
-    assert_error_shape(replaced, status=400, code="invalid_invitation")
+    assert_error_shape(replaced, status=404, code="invalid_invitation")
     Invitation.objects.filter(pk=second["id"]).update(expires_at=timezone.now() - timedelta(seconds=1))
     expired = APIClient().post(ACCEPT, {"token": _token(second), "password": PASSWORD}, format="json")
-    assert "expired" in assert_error_shape(expired, status=400, code="invalid_invitation")["message"]
+    assert "expired" in assert_error_shape(expired, status=409, code="invalid_invitation")["message"]
     assert not User.objects.filter(email="erin@example.test").exists()
 
 

@@ -167,7 +167,7 @@ def test_an_invitation_is_accepted_in_the_console(alice: Tenant) -> None:
     joined = invitee.post("/console/invitations/accept/", {"token": token, "password": PASSWORD})
     assert joined.status_code == 302 and joined["Location"] == "/console/"
     assert invitee.get("/console/").status_code == 200
-    assert invitee.get(path).status_code == 400  # used once
+    assert invitee.get(path).status_code == 409  # used once
 
 
 def test_usage_csv_download(alice: Tenant) -> None:
