@@ -26,6 +26,7 @@ from inference.services import (
     generation_execute,
 )
 from usage.services import Reservation, quota_hold, quota_reserve, reservation_adopt, reservation_refund
+from webhooks.services import webhook_emit
 
 logger = logging.getLogger(__name__)
 
@@ -231,3 +232,8 @@ def job_run(*, job_id: str) -> None:
         job.result = outcome.generate_body()
     job.finished_at = timezone.now()
     job.save(update_fields=["status", "result", "error", "finished_at"])
+    webhook_emit(
+        organization_id=job.organization_id,
+        type="job.completed" if job.status == GenerationJob.Status.SUCCEEDED else "job.failed",
+        data={"job": {"id": str(job.pk), "status": job.status, "error": job.error}},
+    )

@@ -36,6 +36,7 @@ from knowledge.metrics import INGESTION_SECONDS
 from knowledge.models import Chunk, Document, KnowledgeChange
 from knowledge.selectors import chunk_ids_of_documents, chunks_by_ids, indexed_document_count
 from usage.services import QuotaExceeded, Reservation, quota_hold, quota_reserve
+from webhooks.services import webhook_emit
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +155,12 @@ def _queue_ingestion(document_id: int) -> None:
 # --- Ingestion ----------------------------------------------------------------------------
 
 
+_WEBHOOK_EVENTS: dict[str, str] = {
+    Document.Status.INDEXED: "document.indexed",
+    Document.Status.FAILED: "document.failed",
+}
+
+
 def _set_status(document: Document, status: str, **fields: Any) -> None:
     document.status = status
     document.heartbeat_at = timezone.now()
@@ -162,6 +169,20 @@ def _set_status(document: Document, status: str, **fields: Any) -> None:
     Document.objects.filter(pk=document.pk).update(
         status=status, heartbeat_at=document.heartbeat_at, **fields
     )
+    if status in _WEBHOOK_EVENTS:
+        webhook_emit(
+            organization_id=document.organization_id,
+            type=_WEBHOOK_EVENTS[status],
+            data={
+                "document": {
+                    "id": document.pk,
+                    "title": document.title,
+                    "status": status,
+                    "chunks_total": document.chunks_total,
+                    "error": document.error,
+                }
+            },
+        )
 
 
 def _claim(document_id: int) -> Document | None:

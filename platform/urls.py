@@ -14,6 +14,7 @@ api_v1 = [
     path("", include("inference.urls")),
     path("", include("knowledge.urls")),
     path("", include("billing.urls")),
+    path("", include("webhooks.urls")),
 ]
 
 urlpatterns = [

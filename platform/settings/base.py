@@ -43,6 +43,7 @@ INSTALLED_APPS = [
     "knowledge",
     "billing",
     "console",
+    "webhooks",
 ]
 
 # The order is the request pipeline's contract: request id and error shaping wrap everything;
@@ -366,6 +367,13 @@ KNOWLEDGE_MAX_ATTEMPTS = env.int("KNOWLEDGE_MAX_ATTEMPTS", default=3)
 # the rest, so a longer search query changes nothing but its cost.
 KNOWLEDGE_MAX_QUERY_CHARS = env.int("KNOWLEDGE_MAX_QUERY_CHARS", default=4_000)
 KNOWLEDGE_MAX_DOCUMENT_IDS = env.int("KNOWLEDGE_MAX_DOCUMENT_IDS", default=100)
+CELERY_BEAT_SCHEDULE["webhook-retries"] = {"task": "webhooks.deliver_due", "schedule": 15.0}
+# Tenant webhooks: a private address is refused unless this is set (tests set it: their
+# receivers are on loopback).
+WEBHOOK_ALLOW_PRIVATE = env.bool("WEBHOOK_ALLOW_PRIVATE", default=False)
+WEBHOOK_TIMEOUT_SECONDS = env.float("WEBHOOK_TIMEOUT_SECONDS", default=10.0)
+WEBHOOK_FIRST_RETRY_SECONDS = env.int("WEBHOOK_FIRST_RETRY_SECONDS", default=30)
+WEBHOOK_RETRY_HOURS = env.int("WEBHOOK_RETRY_HOURS", default=24)
 CELERY_BEAT_SCHEDULE["recover-ingestion"] = {"task": "knowledge.recover_stale", "schedule": 60.0}
 
 # Billing.

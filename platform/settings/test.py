@@ -12,6 +12,7 @@ from .base import CACHES, SECRET_KEY, VAR_DIR, env
 SECRET_KEY = SECRET_KEY or "test-only-secret-key-that-is-long-enough-for-hmac-sha256"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 SIGNUP_ENABLED = env.bool("SIGNUP_ENABLED", default=True)
+WEBHOOK_ALLOW_PRIVATE = env.bool("WEBHOOK_ALLOW_PRIVATE", default=True)  # receivers on loopback
 
 # Each test run has its own namespace in the shared Redis, inherited by the servers and workers
 # the tests start, so runs never see each other's counters.

@@ -64,6 +64,10 @@ MATRIX: dict[tuple[str, str], tuple[bool, bool, bool, bool] | str] = {
     ("DELETE", "/api/v1/organization/members/<int:membership_id>/"): (True, True, False, False),
     ("DELETE", "/api/v1/organization/invitations/<int:invitation_id>/"): (True, True, False, False),
     ("GET", "/api/v1/organization/audit/"): (True, True, False, False),
+    ("GET", "/api/v1/organization/webhooks/"): (True, True, False, True),
+    ("POST", "/api/v1/organization/webhooks/"): (True, True, False, False),
+    ("DELETE", "/api/v1/organization/webhooks/<int:endpoint_id>/"): (True, True, False, False),
+    ("GET", "/api/v1/organization/webhooks/<int:endpoint_id>/deliveries/"): (True, True, False, True),
     ("POST", "/api/v1/invitations/accept/"): PUBLIC,
     ("GET", "/api/v1/billing/invoices/"): (True, False, False, False),
     ("GET", "/api/v1/billing/invoices/<int:invoice_id>/"): (True, False, False, False),
@@ -85,6 +89,7 @@ SAMPLE_ARGUMENTS = {
     "<int:key_id>": "987654",
     "<int:membership_id>": "987654",
     "<int:invitation_id>": "987654",
+    "<int:endpoint_id>": "987654",
     "<uuid:job_id>": str(uuid.UUID(int=1)),
     "<path:model>": "no-such-model",
 }

@@ -1,0 +1,212 @@
+"""Tenant webhooks against a local receiver: an endpoint's secret is shown once and signs every
+delivery; a budget crossing its threshold is delivered exactly once; a failing receiver is
+retried with growing delays and the deliveries say so; redirects are not followed; a private
+address is refused unless allowed; another tenant's endpoints are 404."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+from django.utils import timezone
+
+from accounts.models import AuditEvent
+from tests.conftest import Tenant, assert_error_shape
+from usage.services import usage_stream_flush
+from webhooks.models import WebhookDelivery
+from webhooks.services import delivery_attempt, webhook_emit
+
+pytestmark = pytest.mark.django_db
+WEBHOOKS = "/api/v1/organization/webhooks/"
+
+
+class Receiver:
+    """An HTTP server on loopback that records what it receives and answers `statuses` in turn
+    (then the last one for ever)."""
+
+    def __init__(self) -> None:
+        self.received: list[dict[str, Any]] = []
+        self.statuses = [200]
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                body = self.rfile.read(int(self.headers["Content-Length"])).decode()
+                receiver.received.append({"headers": dict(self.headers), "body": body})
+                status = receiver.statuses.pop(0) if len(receiver.statuses) > 1 else receiver.statuses[0]
+                self.send_response(status)
+                if status in (301, 302, 307):
+                    self.send_header("Location", "http://127.0.0.1:1/elsewhere")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def events(self, type: str | None = None) -> list[dict[str, Any]]:
+        parsed = [json.loads(item["body"]) for item in self.received]
+        return [event for event in parsed if type is None or event["type"] == type]
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    started = Receiver()
+    yield started
+    started.server.shutdown()
+
+
+def _verify(secret: str, headers: dict[str, str], body: str) -> bool:
+    parts = dict(part.split("=", 1) for part in headers["Webhook-Signature"].split(","))
+    expected = hmac.new(secret.encode(), f"{parts['t']}.{body}".encode(), hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, parts["v1"]) and abs(time.time() - int(parts["t"])) < 300
+
+
+def _endpoint(tenant: Tenant, url: str, events: list[str]) -> dict[str, Any]:
+    response = tenant.client().post(WEBHOOKS, {"url": url, "events": events}, format="json")
+    assert response.status_code == 201, response.content
+    return response.json()
+
+
+def test_an_endpoint_shows_its_secret_once_and_is_audited(alice: Tenant, receiver: Receiver) -> None:
+    created = _endpoint(alice, receiver.url, ["budget.threshold", "document.indexed"])
+    assert created["secret"].startswith("whsec_") and created["events"] == [
+        "budget.threshold",
+        "document.indexed",
+    ]
+    listed = alice.client().get(WEBHOOKS).json()["data"]
+    assert [item["id"] for item in listed] == [created["id"]] and "secret" not in listed[0]
+    assert AuditEvent.objects.filter(organization=alice.organization, action="webhook.created").count() == 1
+    refused = alice.client().post(WEBHOOKS, {"url": receiver.url, "events": ["nope"]}, format="json")
+    assert_error_shape(refused, status=400)
+
+
+def test_a_budget_crossing_its_threshold_delivers_exactly_one_signed_event(
+    alice: Tenant,
+    receiver: Receiver,
+    openai_backend: str,
+    eager_tasks: None,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    endpoint = _endpoint(alice, receiver.url, ["budget.threshold"])
+    call_command("set_budget", "--org", "alice", "--key", alice.api_key.prefix, "--tokens", "100")
+    for _ in range(8):  # 11 tokens each ("hello" and 10): past 80 on the 8th
+        body = {"prompt": "hello", "max_tokens": 10, "raw": True}
+        assert alice.client().post("/api/v1/generate/", body, format="json").status_code == 200
+        with django_capture_on_commit_callbacks(execute=True):
+            usage_stream_flush()
+    [event] = receiver.events()
+    assert event["type"] == "budget.threshold" and event["id"].startswith("evt_")
+    assert event["data"]["threshold"] == 0.8 and event["data"]["limit"] == 100
+    assert event["data"]["used"] >= 80 and alice.api_key.prefix in event["data"]["budget"]
+    assert _verify(endpoint["secret"], receiver.received[0]["headers"], receiver.received[0]["body"])
+    assert not _verify("whsec_wrong", receiver.received[0]["headers"], receiver.received[0]["body"])
+    deliveries = alice.client().get(f"{WEBHOOKS}{endpoint['id']}/deliveries/").json()["results"]
+    assert [(d["event_type"], d["status"], d["attempts"]) for d in deliveries] == [
+        ("budget.threshold", "succeeded", 1)
+    ]
+
+
+def test_a_failing_receiver_is_retried_with_growing_delays(
+    alice: Tenant, receiver: Receiver, settings: Any
+) -> None:
+    settings.WEBHOOK_FIRST_RETRY_SECONDS = 30
+    receiver.statuses = [500, 500, 503, 200]
+    _endpoint(alice, receiver.url, ["job.completed"])
+    [delivery] = webhook_emit(
+        organization_id=alice.organization.pk, type="job.completed", data={"job": {"id": "x"}}
+    )
+    delays = []
+    for _ in range(3):
+        before = timezone.now()
+        attempted = delivery_attempt(delivery_id=delivery.pk)
+        assert attempted is not None and attempted.status == "pending"
+        delays.append((attempted.next_attempt_at - before).total_seconds())
+        assert delivery_attempt(delivery_id=delivery.pk) is None  # not due yet: nothing is sent
+        WebhookDelivery.objects.filter(pk=delivery.pk).update(next_attempt_at=timezone.now())
+    assert [round(delay / 10) * 10 for delay in delays] == [30, 60, 120]
+    done = delivery_attempt(delivery_id=delivery.pk)
+    assert done is not None and done.status == "succeeded" and done.attempts == 4
+    assert len(receiver.received) == 4
+    assert len({item["body"] for item in receiver.received}) == 1  # the same event each time
+
+
+def test_a_delivery_past_the_retry_window_fails(alice: Tenant, receiver: Receiver) -> None:
+    receiver.statuses = [500]
+    _endpoint(alice, receiver.url, ["job.failed"])
+    [delivery] = webhook_emit(organization_id=alice.organization.pk, type="job.failed", data={})
+    WebhookDelivery.objects.filter(pk=delivery.pk).update(created_at=timezone.now() - timedelta(hours=24))
+    attempted = delivery_attempt(delivery_id=delivery.pk)
+    assert attempted is not None and attempted.status == "failed" and attempted.last_error == "answered 500"
+
+
+def test_a_redirect_is_not_followed(alice: Tenant, receiver: Receiver) -> None:
+    receiver.statuses = [302]
+    _endpoint(alice, receiver.url, ["invoice.paid"])
+    [delivery] = webhook_emit(organization_id=alice.organization.pk, type="invoice.paid", data={})
+    attempted = delivery_attempt(delivery_id=delivery.pk)
+    assert attempted is not None and attempted.last_status_code == 302 and attempted.status == "pending"
+    assert len(receiver.received) == 1
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8080/x",
+        "http://localhost/x",
+        "http://10.1.2.3/x",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::1]/x",
+        "http://192.168.0.10/x",
+        "http://user:pass@example.com/x",
+        "ftp://example.com/x",
+    ],
+)
+def test_a_private_or_odd_address_is_refused_without_the_setting(
+    alice: Tenant, settings: Any, url: str
+) -> None:
+    settings.WEBHOOK_ALLOW_PRIVATE = False
+    response = alice.client().post(WEBHOOKS, {"url": url, "events": ["job.completed"]}, format="json")
+    assert assert_error_shape(response, status=400)["param"] == "url"
+
+
+def test_a_private_address_that_was_allowed_is_not_sent_to_once_disallowed(
+    alice: Tenant, receiver: Receiver, settings: Any
+) -> None:
+    _endpoint(alice, receiver.url, ["job.completed"])
+    [delivery] = webhook_emit(organization_id=alice.organization.pk, type="job.completed", data={})
+    settings.WEBHOOK_ALLOW_PRIVATE = False  # as if the name now resolved to a private address
+    attempted = delivery_attempt(delivery_id=delivery.pk)
+    assert attempted is not None and "not a public address" in attempted.last_error
+    assert receiver.received == []
+
+
+def test_another_tenants_endpoints_are_404_and_invisible(
+    alice: Tenant, charlie: Tenant, receiver: Receiver
+) -> None:
+    theirs = _endpoint(charlie, receiver.url, ["job.completed"])
+    assert alice.client().get(WEBHOOKS).json()["data"] == []
+    assert_error_shape(alice.client().delete(f"{WEBHOOKS}{theirs['id']}/"), status=404)
+    assert_error_shape(alice.client().get(f"{WEBHOOKS}{theirs['id']}/deliveries/"), status=404)
+    assert len(charlie.client().get(WEBHOOKS).json()["data"]) == 1
+
+
+def test_a_deleted_endpoint_receives_nothing_more(alice: Tenant, receiver: Receiver) -> None:
+    created = _endpoint(alice, receiver.url, ["job.completed"])
+    [pending] = webhook_emit(organization_id=alice.organization.pk, type="job.completed", data={})
+    assert alice.client().delete(f"{WEBHOOKS}{created['id']}/").status_code == 204
+    assert delivery_attempt(delivery_id=pending.pk) is None
+    assert webhook_emit(organization_id=alice.organization.pk, type="job.completed", data={}) == []
+    assert receiver.received == []
