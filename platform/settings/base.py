@@ -257,7 +257,12 @@ SPECTACULAR_SETTINGS = {
     # bodies hold (null, lists of objects), so documenting it would promise what fails.
     "PARSER_WHITELIST": ["common.parsers.BoundedJSONParser"],
     # A document's status appears in two components (a document, and an upload's answer).
-    "ENUM_NAME_OVERRIDES": {"DocumentStatusEnum": "knowledge.models.Document.Status"},
+    "ENUM_NAME_OVERRIDES": {
+        "DocumentStatusEnum": "knowledge.models.Document.Status",
+        # A member's role, beside a chat message's (MessageRoleEnum): two fields named `role`. As
+        # the serializers give them (Membership.Role.values: each value its own label).
+        "MemberRoleEnum": [(role, role) for role in ("owner", "admin", "member", "reader")],
+    },
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "SERVE_AUTHENTICATION": [],
     "POSTPROCESSING_HOOKS": [
