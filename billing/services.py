@@ -21,6 +21,7 @@ from billing.models import Invoice, InvoiceLine, Plan, PlanModelPrice, StripeEve
 from billing.periods import Period, today_utc
 from billing.selectors import period_price, plan_is_in_use, subscription_in_force, subscription_pending
 from common.errors import APIError
+from webhooks.services import webhook_emit
 
 logger = logging.getLogger(__name__)
 
@@ -325,6 +326,24 @@ def invoice_build(
     return invoice
 
 
+def _invoice_event(invoice: Invoice, type: str) -> None:
+    """Tells the organization's webhooks (once the invoice's transaction commits)."""
+    webhook_emit(
+        organization_id=invoice.organization_id,
+        type=type,
+        data={
+            "invoice": {
+                "id": invoice.pk,
+                "period": str(invoice.period),
+                "status": invoice.status,
+                "total": str(invoice.total),
+                "currency": invoice.currency,
+                "payment_failures": invoice.payment_failures,
+            }
+        },
+    )
+
+
 def invoice_finalize(*, invoice: Invoice, now: datetime | None = None) -> Invoice:
     """Freezes a draft: from now on its lines and amounts never change. An invoice with
     nothing to pay is paid at once."""
@@ -339,6 +358,9 @@ def invoice_finalize(*, invoice: Invoice, now: datetime | None = None) -> Invoic
                 locked.status = Invoice.Status.PAID
                 locked.paid_at = now
             locked.save()
+            _invoice_event(locked, "invoice.finalized")
+            if locked.status == Invoice.Status.PAID:
+                _invoice_event(locked, "invoice.paid")
     return locked
 
 
@@ -434,6 +456,7 @@ def invoice_mark_paid(*, invoice: Invoice, now: datetime | None = None, tell_str
             locked.status = Invoice.Status.PAID
             locked.paid_at = now
             locked.save()
+            _invoice_event(locked, "invoice.paid")
         _past_due_refresh(organization=locked.organization, now=now)
     return locked
 
@@ -450,6 +473,7 @@ def invoice_payment_failed(*, invoice: Invoice, failed_at: datetime, now: dateti
         if locked.past_due_since is None:
             locked.past_due_since = failed_at
         locked.save()
+        _invoice_event(locked, "invoice.payment_failed")
         _past_due_refresh(organization=locked.organization, now=now)
     return locked
 
