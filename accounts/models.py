@@ -17,6 +17,10 @@ class BudgetPeriod(models.TextChoices):
     NONE = "none", "No reset"
 
 
+def default_alert_thresholds() -> list[float]:
+    return [0.5, 0.8, 1.0]
+
+
 class UserManager(BaseUserManager["User"]):
     use_in_migrations = True
 
@@ -82,6 +86,12 @@ class Organization(models.Model):
         null=True, blank=True, help_text="Tokens embedded by document ingestion per month."
     )
 
+    # Spend alerts: the fractions of a token budget that send an alert (this organization's
+    # quota, and every member's, key's and end user's budget that sets none of its own), and
+    # amounts of this period's cost, in the plan's currency.
+    alert_thresholds = models.JSONField(default=default_alert_thresholds, blank=True)
+    cost_alert_amounts = models.JSONField(default=list, blank=True)
+
     # Billing.
     billing_email = models.EmailField(blank=True)
     stripe_customer_id = models.CharField(max_length=64, blank=True)
@@ -115,6 +125,7 @@ class Membership(models.Model):
         null=True, blank=True, help_text="Tokens this member may spend per period; empty: no limit."
     )
     budget_period = models.CharField(max_length=8, choices=BudgetPeriod.choices, default=BudgetPeriod.MONTH)
+    alert_thresholds = models.JSONField(null=True, blank=True, help_text="Empty: the organization's.")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -155,6 +166,7 @@ class APIKey(models.Model):
     tokens_per_minute = models.PositiveIntegerField(null=True, blank=True)
     token_budget = models.PositiveBigIntegerField(null=True, blank=True)
     budget_period = models.CharField(max_length=8, choices=BudgetPeriod.choices, default=BudgetPeriod.MONTH)
+    alert_thresholds = models.JSONField(null=True, blank=True, help_text="Empty: the organization's.")
 
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
@@ -213,6 +225,7 @@ class EndUserBudget(models.Model):
     end_user = models.CharField(max_length=128)
     token_budget = models.PositiveBigIntegerField()
     budget_period = models.CharField(max_length=8, choices=BudgetPeriod.choices, default=BudgetPeriod.DAY)
+    alert_thresholds = models.JSONField(null=True, blank=True, help_text="Empty: the organization's.")
 
     class Meta:
         constraints = [

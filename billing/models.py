@@ -224,3 +224,35 @@ class StripeEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.type} {self.event_id}"
+
+
+class SpendAlert(models.Model):
+    """One alert sent: a budget (or this period's cost) reached one of its thresholds. Unique per
+    budget, period and threshold, so each crossing is sent once per period whatever checks it."""
+
+    class Kind(models.TextChoices):
+        TOKENS = "tokens", "Token budget"
+        COST = "cost", "Cost"
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    budget = models.CharField(
+        max_length=200, help_text="Which budget: organization, member:<id>, key:<id>, …"
+    )
+    period = models.CharField(max_length=16)
+    threshold = models.CharField(max_length=32, help_text="A fraction of the budget, or an amount of money.")
+    used = models.DecimalField(max_digits=20, decimal_places=2)
+    limit = models.DecimalField(max_digits=20, decimal_places=2)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ("-created_at",)
+        constraints = [
+            models.UniqueConstraint(
+                fields=("organization", "budget", "period", "threshold"),
+                name="one_alert_per_threshold_period",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.organization} {self.budget} {self.threshold} ({self.period})"

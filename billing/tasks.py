@@ -4,6 +4,7 @@ from celery import shared_task
 from django.utils import timezone
 
 from billing import services
+from billing.alerts import spend_alerts_check_recent
 from billing.periods import Period
 
 
@@ -23,3 +24,9 @@ def activate_plan_changes() -> int:
 @shared_task(name="billing.suspend_past_due", ignore_result=True)
 def suspend_past_due() -> int:
     return services.past_due_suspend()
+
+
+@shared_task(name="billing.spend_alerts", ignore_result=True)
+def spend_alerts() -> int:
+    """Sends the spend alerts that recent usage reached (billing.alerts)."""
+    return spend_alerts_check_recent()

@@ -20,13 +20,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis
-from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 from django.db.models import F
 
 from usage.ledger import RedisLedger
 from usage.models import BudgetEvent, UsageDaily, UsageDeadLetter, UsageRecord
-from webhooks.services import webhook_emit
 
 logger = logging.getLogger(__name__)
 
@@ -204,19 +202,18 @@ def _rollups_add(groups: dict[tuple[Any, ...], list[int]]) -> None:
 
 
 def budget_events_write(events: Iterable[dict[str, Any]]) -> None:
-    """Records each budget event once per budget and period (a replayed entry finds its row)
-    and tells the organization's webhooks about the new ones (`budget.threshold`,
-    `budget.exhausted`), in the same transaction."""
-    for event in events:
-        obj, created = BudgetEvent.objects.get_or_create(
-            organization_id=int(event["organization_id"]),
-            kind=event["kind"],
-            budget=event["budget"],
-            period=event["period"],
-            defaults={"used": int(event["used"]), "limit": int(event["limit"])},
+    objs = [
+        BudgetEvent(
+            organization_id=int(e["organization_id"]),
+            kind=e["kind"],
+            budget=e["budget"],
+            period=e["period"],
+            used=int(e["used"]),
+            limit=int(e["limit"]),
         )
-        if not created:
-            continue
+        for e in events
+    ]
+    for obj in objs:
         logger.warning(
             "Budget %s: %s (%s of %s tokens, period %s)",
             obj.kind,
@@ -226,17 +223,7 @@ def budget_events_write(events: Iterable[dict[str, Any]]) -> None:
             obj.period,
             extra={"organization_id": obj.organization_id},
         )
-        webhook_emit(
-            organization_id=obj.organization_id,
-            type=f"budget.{obj.kind}",
-            data={
-                "budget": obj.budget,
-                "period": obj.period,
-                "used": obj.used,
-                "limit": obj.limit,
-                "threshold": settings.BUDGET_SOFT_THRESHOLD if obj.kind == "threshold" else 1.0,
-            },
-        )
+    BudgetEvent.objects.bulk_create(objs, ignore_conflicts=True)
 
 
 # --- The flush ----------------------------------------------------------------------------

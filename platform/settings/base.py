@@ -372,6 +372,9 @@ KNOWLEDGE_MAX_ATTEMPTS = env.int("KNOWLEDGE_MAX_ATTEMPTS", default=3)
 # the rest, so a longer search query changes nothing but its cost.
 KNOWLEDGE_MAX_QUERY_CHARS = env.int("KNOWLEDGE_MAX_QUERY_CHARS", default=4_000)
 KNOWLEDGE_MAX_DOCUMENT_IDS = env.int("KNOWLEDGE_MAX_DOCUMENT_IDS", default=100)
+# Spend alerts (billing.alerts): how often beat checks the organizations with recent usage.
+SPEND_ALERT_SECONDS = env.int("SPEND_ALERT_SECONDS", default=60)
+CELERY_BEAT_SCHEDULE["spend-alerts"] = {"task": "billing.spend_alerts", "schedule": float(SPEND_ALERT_SECONDS)}
 CELERY_BEAT_SCHEDULE["webhook-retries"] = {"task": "webhooks.deliver_due", "schedule": 15.0}
 # Tenant webhooks: a private address is refused unless this is set (tests set it: their
 # receivers are on loopback).

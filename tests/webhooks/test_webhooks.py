@@ -20,6 +20,7 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from accounts.models import AuditEvent
+from billing.alerts import spend_alerts_check
 from tests.conftest import Tenant, assert_error_shape
 from usage.services import usage_stream_flush
 from webhooks.models import WebhookDelivery
@@ -93,7 +94,7 @@ def test_an_endpoint_shows_its_secret_once_and_is_audited(alice: Tenant, receive
     assert_error_shape(refused, status=400)
 
 
-def test_a_budget_crossing_its_threshold_delivers_exactly_one_signed_event(
+def test_a_budget_crossing_80_percent_delivers_exactly_one_signed_event(
     alice: Tenant,
     receiver: Receiver,
     openai_backend: str,
@@ -102,21 +103,25 @@ def test_a_budget_crossing_its_threshold_delivers_exactly_one_signed_event(
 ) -> None:
     endpoint = _endpoint(alice, receiver.url, ["budget.threshold"])
     call_command("set_budget", "--org", "alice", "--key", alice.api_key.prefix, "--tokens", "100")
-    for _ in range(8):  # 11 tokens each ("hello" and 10): past 80 on the 8th
+    for _ in range(9):  # 11 tokens each ("hello" and 10): past 50 on the 5th, past 80 on the 8th
         body = {"prompt": "hello", "max_tokens": 10, "raw": True}
         assert alice.client().post("/api/v1/generate/", body, format="json").status_code == 200
         with django_capture_on_commit_callbacks(execute=True):
             usage_stream_flush()
-    [event] = receiver.events()
+            spend_alerts_check(organization=alice.organization)  # as beat does after the flush
+    events = receiver.events()
+    assert [event["data"]["threshold"] for event in events] == [0.5, 0.8]  # each once
+    [event] = [event for event in events if event["data"]["threshold"] == 0.8]
     assert event["type"] == "budget.threshold" and event["id"].startswith("evt_")
-    assert event["data"]["threshold"] == 0.8 and event["data"]["limit"] == 100
-    assert event["data"]["used"] >= 80 and alice.api_key.prefix in event["data"]["budget"]
-    assert _verify(endpoint["secret"], receiver.received[0]["headers"], receiver.received[0]["body"])
-    assert not _verify("whsec_wrong", receiver.received[0]["headers"], receiver.received[0]["body"])
+    assert event["data"]["limit"] == 100 and 80 <= event["data"]["used"] < 100
+    assert alice.api_key.prefix in event["data"]["budget"]
+    signed = receiver.received[1]
+    assert _verify(endpoint["secret"], signed["headers"], signed["body"])
+    assert not _verify("whsec_wrong", signed["headers"], signed["body"])
     deliveries = alice.client().get(f"{WEBHOOKS}{endpoint['id']}/deliveries/").json()["results"]
     assert [(d["event_type"], d["status"], d["attempts"]) for d in deliveries] == [
         ("budget.threshold", "succeeded", 1)
-    ]
+    ] * 2
 
 
 def test_a_failing_receiver_is_retried_with_growing_delays(
