@@ -50,6 +50,11 @@ def _credential(request: HttpRequest) -> str | None:
     return api_key or None
 
 
+# What a suspended organization may still reach: its billing, so that it can see
+# what it owes and give a card that pays it (which reactivates it).
+SUSPENDED_MAY_USE = ("/api/v1/billing/",)
+
+
 def authenticate(request: HttpRequest) -> AuthContext:
     credential = _credential(request)
     if credential is None:
@@ -63,7 +68,7 @@ def authenticate(request: HttpRequest) -> AuthContext:
         context = _authenticate_jwt(credential)
     else:
         context = _authenticate_oauth2(credential)
-    if not context.organization.is_active:
+    if not context.organization.is_active and not request.path.startswith(SUSPENDED_MAY_USE):
         raise PermissionDenied(
             f"The organization '{context.organization.slug}' is suspended.",
             code="organization_suspended",

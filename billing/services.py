@@ -365,11 +365,16 @@ def invoice_finalize(*, invoice: Invoice, now: datetime | None = None) -> Invoic
 
 
 def invoice_send(*, invoice: Invoice, now: datetime | None = None) -> Invoice:
-    """Finalizes the invoice and, with Stripe on, pushes it there (Stripe then collects the
-    payment). Sending again finishes an interrupted push and otherwise changes nothing."""
+    """Finalizes the invoice and, with Stripe on, pushes it there and charges it on the
+    organization's default card when it has one (else Stripe collects it later). Sending again
+    finishes an interrupted push and otherwise changes nothing."""
     invoice = invoice_finalize(invoice=invoice, now=now)
     if invoice.status == Invoice.Status.OPEN and stripe_sync.stripe_enabled():
         stripe_sync.invoice_push(invoice=invoice)
+        # billing.payments builds on this module (it marks invoices paid or failed through it).
+        from billing.payments import invoice_collect
+
+        invoice = invoice_collect(invoice=invoice)
     return invoice
 
 

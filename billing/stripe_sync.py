@@ -51,6 +51,11 @@ def _client() -> stripe.StripeClient:
     return stripe.StripeClient(settings.STRIPE_API_KEY, base_addresses={"api": base} if base else None)
 
 
+def client() -> stripe.StripeClient:
+    """A client for Stripe (or `STRIPE_API_BASE`), for the payment flows in billing.payments."""
+    return _client()
+
+
 def _minor_units(amount: Decimal) -> int:
     # Amounts are rounded to cents, and Stripe counts cents.
     return int((amount * 100).to_integral_exact())

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from billing import apis, budget_apis
+from billing import apis, budget_apis, payment_apis
 
 urlpatterns = [
     path("billing/invoices/", apis.InvoiceListApi.as_view(), name="billing-invoices"),
@@ -13,5 +13,16 @@ urlpatterns = [
     path("billing/subscription/", apis.SubscriptionChangeApi.as_view(), name="billing-subscription"),
     path("organization/budgets/", budget_apis.BudgetApi.as_view(), name="organization-budgets"),
     path("signup/", apis.SignupApi.as_view(), name="signup"),
+    path("billing/setup-intent/", payment_apis.SetupIntentApi.as_view(), name="billing-setup-intent"),
+    path(
+        "billing/payment-methods/",
+        payment_apis.PaymentMethodListApi.as_view(),
+        name="billing-payment-methods",
+    ),
+    path(
+        "billing/payment-methods/<str:payment_method_id>/",
+        payment_apis.PaymentMethodDetailApi.as_view(),
+        name="billing-payment-method",
+    ),
     path("billing/stripe/webhook/", apis.StripeWebhookApi.as_view(), name="billing-stripe-webhook"),
 ]

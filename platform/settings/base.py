@@ -374,7 +374,10 @@ KNOWLEDGE_MAX_QUERY_CHARS = env.int("KNOWLEDGE_MAX_QUERY_CHARS", default=4_000)
 KNOWLEDGE_MAX_DOCUMENT_IDS = env.int("KNOWLEDGE_MAX_DOCUMENT_IDS", default=100)
 # Spend alerts (billing.alerts): how often beat checks the organizations with recent usage.
 SPEND_ALERT_SECONDS = env.int("SPEND_ALERT_SECONDS", default=60)
-CELERY_BEAT_SCHEDULE["spend-alerts"] = {"task": "billing.spend_alerts", "schedule": float(SPEND_ALERT_SECONDS)}
+CELERY_BEAT_SCHEDULE["spend-alerts"] = {
+    "task": "billing.spend_alerts",
+    "schedule": float(SPEND_ALERT_SECONDS),
+}
 CELERY_BEAT_SCHEDULE["webhook-retries"] = {"task": "webhooks.deliver_due", "schedule": 15.0}
 # Tenant webhooks: a private address is refused unless this is set (tests set it: their
 # receivers are on loopback).
@@ -390,6 +393,10 @@ BILLING_GRACE_DAYS = env.int("BILLING_GRACE_DAYS", default=7)
 STRIPE_API_KEY = env.str("STRIPE_API_KEY", default="")
 STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="")
 STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="")
+# What the console's card form loads: Stripe.js and the publishable key (localstripe's
+# `<STRIPE_API_BASE>/js.stripe.com/v3/` stands in for Stripe.js in tests and development).
+STRIPE_PUBLISHABLE_KEY = env.str("STRIPE_PUBLISHABLE_KEY", default="")
+STRIPE_JS_URL = env.str("STRIPE_JS_URL", default="https://js.stripe.com/v3/")
 # The plan (slug) a new organization signs up on; empty: none. DEFAULT_PLAN_AUTO_CREATE makes
 # `migrate` create it, free, when it is missing (development).
 DEFAULT_PLAN = env.str("DEFAULT_PLAN", default="")

@@ -73,6 +73,10 @@ MATRIX: dict[tuple[str, str], tuple[bool, bool, bool, bool] | str] = {
     ("GET", "/api/v1/billing/invoices/<int:invoice_id>/"): (True, False, False, False),
     ("GET", "/api/v1/billing/current/"): (True, False, False, False),
     ("GET", "/api/v1/billing/costs/"): (True, False, False, False),
+    ("POST", "/api/v1/billing/setup-intent/"): (True, False, False, False),
+    ("GET", "/api/v1/billing/payment-methods/"): (True, False, False, False),
+    ("POST", "/api/v1/billing/payment-methods/"): (True, False, False, False),
+    ("DELETE", "/api/v1/billing/payment-methods/<str:payment_method_id>/"): (True, False, False, False),
     ("GET", "/api/v1/billing/plans/"): (True, True, True, True),
     ("POST", "/api/v1/billing/subscription/"): (True, False, False, False),
     ("GET", "/api/v1/organization/budgets/"): (True, True, False, True),
@@ -90,6 +94,7 @@ SAMPLE_ARGUMENTS = {
     "<int:membership_id>": "987654",
     "<int:invitation_id>": "987654",
     "<int:endpoint_id>": "987654",
+    "<str:payment_method_id>": "pm_nope",
     "<uuid:job_id>": str(uuid.UUID(int=1)),
     "<path:model>": "no-such-model",
 }

@@ -67,16 +67,16 @@ def test_failed_payment_then_grace_then_payment_moves_the_organization_through_e
         organization = _organization(alice)
         assert organization.status == Organization.Status.SUSPENDED
         assert organization.status_reason == SUSPENDED_FOR_NON_PAYMENT
-        assert_error_shape(
-            alice.client().get("/api/v1/billing/current/"), status=403, code="organization_suspended"
-        )
+        assert_error_shape(alice.client().get("/api/v1/me/"), status=403, code="organization_suspended")
+        # Its billing stays open to it, so that it can see what it owes and pay it.
+        assert alice.client().get("/api/v1/billing/current/").status_code == 200
 
     with time_machine.travel(at(2026, 11, 10), tick=False):
         response = signed_delivery(invoice_event("invoice.paid", sent_invoice.stripe_invoice_id))
         assert response.status_code == 200
         organization = _organization(alice)
         assert organization.status == Organization.Status.ACTIVE and organization.past_due_since is None
-        assert alice.client().get("/api/v1/billing/current/").status_code == 200
+        assert alice.client().get("/api/v1/me/").status_code == 200
     sent_invoice.refresh_from_db()
     assert sent_invoice.status == Invoice.Status.PAID
 

@@ -1,0 +1,123 @@
+"""Cards through Stripe, against localstripe over HTTP: a card given through the SetupIntent flow
+becomes the organization's default, a month billed is charged on it and paid; a card that is
+declined makes the invoice past due, the organization is suspended after the grace, and a good
+card pays it and reactivates the organization. Another tenant's setup intent is a 404."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import stripe
+
+from accounts.models import AuditEvent, Organization
+from billing.models import Invoice, Plan
+from billing.periods import Period
+from billing.services import past_due_suspend, period_bill
+from tests.billing.conftest import at, october_usage, subscribe
+from tests.conftest import Tenant, assert_error_shape
+
+pytestmark = pytest.mark.django_db
+
+GOOD_CARD = "4242424242424242"
+DECLINED_ON_CHARGE = "4000000000000341"  # attaches, then every charge is declined
+
+
+def _add_card(tenant: Tenant, stripe_client: stripe.StripeClient, number: str) -> dict[str, Any]:
+    """What the console's card form does: open a SetupIntent, confirm it with the card as
+    Stripe.js would (the card goes to Stripe, never to the platform), then make it the default."""
+    started = tenant.client().post("/api/v1/billing/setup-intent/", format="json")
+    assert started.status_code == 201, started.content
+    body = started.json()
+    assert body["client_secret"].startswith(body["setup_intent"])
+    stripe_client.v1.setup_intents.confirm(
+        body["setup_intent"],
+        params={
+            "client_secret": body["client_secret"],
+            "payment_method_data": {
+                "type": "card",
+                "card": {"number": number, "exp_month": 12, "exp_year": 2030, "cvc": "123"},
+            },
+        },
+    )
+    made = tenant.client().post(
+        "/api/v1/billing/payment-methods/", {"setup_intent": body["setup_intent"]}, format="json"
+    )
+    assert made.status_code == 200, made.content
+    return made.json()
+
+
+def _bill_october(tenant: Tenant, plan: Plan) -> Invoice:
+    subscribe(tenant.organization, plan, on=at(2026, 9, 15))
+    october_usage(tenant.organization)
+    run = period_bill(
+        period=Period.parse("2026-10"), organization=tenant.organization, now=at(2026, 11, 1, 2)
+    )
+    assert run.failures == {}
+    (invoice,) = run.invoices
+    invoice.refresh_from_db()
+    return invoice
+
+
+def test_a_card_given_through_a_setup_intent_pays_the_month(
+    alice: Tenant, pro_plan: Plan, stripe_client: stripe.StripeClient
+) -> None:
+    card = _add_card(alice, stripe_client, GOOD_CARD)
+    assert (card["brand"], card["last4"], card["default"]) == ("visa", "4242", True)
+    listed = alice.client().get("/api/v1/billing/payment-methods/").json()["data"]
+    assert [(c["last4"], c["default"]) for c in listed] == [("4242", True)]
+    invoice = _bill_october(alice, pro_plan)
+    assert invoice.status == Invoice.Status.PAID and invoice.paid_at is not None
+    assert stripe_client.v1.invoices.retrieve(invoice.stripe_invoice_id).status == "paid"
+    actions = set(AuditEvent.objects.filter(organization=alice.organization).values_list("action", flat=True))
+    assert {"payment_method.setup_started", "payment_method.default_set"} <= actions
+
+
+def test_a_declined_card_makes_the_invoice_past_due_then_a_good_one_pays_and_reactivates(
+    alice: Tenant, pro_plan: Plan, stripe_client: stripe.StripeClient
+) -> None:
+    _add_card(alice, stripe_client, DECLINED_ON_CHARGE)
+    invoice = _bill_october(alice, pro_plan)
+    assert invoice.status == Invoice.Status.OPEN and invoice.payment_failures == 1
+    assert invoice.past_due_since is not None
+    assert past_due_suspend(now=invoice.past_due_since + timedelta(days=8)) == 1
+    assert Organization.objects.get(pk=alice.organization.pk).status == "suspended"
+
+    # Suspended, the organization may use nothing but its billing: it gives a good card.
+    generate = {"prompt": "hi", "max_tokens": 5}
+    assert_error_shape(
+        alice.client().post("/api/v1/generate/", generate, format="json"),
+        status=403,
+        code="organization_suspended",
+    )
+    _add_card(alice, stripe_client, GOOD_CARD)
+    invoice.refresh_from_db()
+    assert invoice.status == Invoice.Status.PAID
+    assert Organization.objects.get(pk=alice.organization.pk).status == "active"
+
+
+def test_another_tenants_setup_intent_is_404_and_a_member_cannot_add_cards(
+    alice: Tenant, charlie: Tenant, stripe_client: stripe.StripeClient
+) -> None:
+    theirs = charlie.client().post("/api/v1/billing/setup-intent/", format="json").json()
+    stripe_client.v1.setup_intents.confirm(
+        theirs["setup_intent"],
+        params={
+            "payment_method_data": {
+                "type": "card",
+                "card": {"number": GOOD_CARD, "exp_month": 12, "exp_year": 2030, "cvc": "123"},
+            }
+        },
+    )
+    alice.client().post("/api/v1/billing/setup-intent/", format="json")  # alice has a customer too
+    stolen = alice.client().post(
+        "/api/v1/billing/payment-methods/", {"setup_intent": theirs["setup_intent"]}, format="json"
+    )
+    assert_error_shape(stolen, status=404)
+    assert_error_shape(alice.client().delete("/api/v1/billing/payment-methods/pm_nope/"), status=404)
+
+
+def test_without_stripe_card_payments_are_a_clear_503(alice: Tenant) -> None:
+    assert_error_shape(alice.client().post("/api/v1/billing/setup-intent/", format="json"), status=503)
+    assert alice.client().get("/api/v1/billing/payment-methods/").json()["data"] == []
