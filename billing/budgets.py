@@ -22,7 +22,7 @@ from accounts.services import api_key_update
 from billing.models import Plan
 from billing.periods import today_utc
 from billing.selectors import subscription_in_force
-from billing.services import _organization_update
+from billing.services import organization_update_locked
 from common.errors import APIError
 from usage.budgets import budget_set
 
@@ -194,7 +194,7 @@ def budget_update(
         if budget_period is not None:
             fields["quota_period"] = budget_period
         changes = field_changes(instance=organization, fields=fields)
-        _organization_update(organization=organization, **fields)
+        organization_update_locked(organization=organization, **fields)
         _audit(
             organization=organization,
             actor=actor,
@@ -264,7 +264,7 @@ def budget_update(
         if budget_period is not None:
             fields["end_user_budget_period"] = budget_period
         changes = field_changes(instance=organization, fields=fields)
-        _organization_update(organization=organization, **fields)
+        organization_update_locked(organization=organization, **fields)
         _audit(
             organization=organization,
             actor=actor,

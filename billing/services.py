@@ -111,7 +111,7 @@ def plan_prices_check_editable(*, plan: Plan) -> None:
         )
 
 
-def _organization_update(*, organization: Organization, **fields: object) -> Organization:
+def organization_update_locked(*, organization: Organization, **fields: object) -> Organization:
     """organization_update on a fresh, locked row, so that a stale instance held by the caller
     never writes back old values of other fields; the caller's instance gets the new values."""
     with transaction.atomic():
@@ -135,7 +135,7 @@ def _plan_limits_apply(*, organization: Organization, plan: Plan) -> dict[str, l
     with transaction.atomic():
         current = Organization.objects.select_for_update().get(pk=organization.pk)
         changes = field_changes(instance=current, fields=fields)
-        _organization_update(organization=organization, **fields)
+        organization_update_locked(organization=organization, **fields)
     return changes
 
 
@@ -432,7 +432,7 @@ def _past_due_refresh(*, organization: Organization, now: datetime) -> None:
     ).aggregate(since=Min("past_due_since"))["since"]
     fresh = Organization.objects.select_for_update().get(pk=organization.pk)
     if fresh.past_due_since != since:
-        fresh = _organization_update(organization=fresh, past_due_since=since)
+        fresh = organization_update_locked(organization=fresh, past_due_since=since)
     grace = timedelta(days=settings.BILLING_GRACE_DAYS)
     if since is not None and fresh.is_active and now - since >= grace:
         organization_suspend(organization=fresh, reason=SUSPENDED_FOR_NON_PAYMENT)
