@@ -11,3 +11,6 @@ class CommonConfig(AppConfig):
         # Makes the project's Celery app the current one in every process that runs Django,
         # so tasks sent from web workers use its broker settings.
         import platform.celery  # noqa: F401
+        from common.tracing import tracing_configure
+
+        tracing_configure()

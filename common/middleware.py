@@ -17,6 +17,7 @@ from common.errors import error_response, internal_error_response, is_api_path
 from common.logging import request_id_var
 from common.metrics import REQUEST_LATENCY, REQUESTS
 from common.request_notes import request_notes
+from common.tracing import current_ids
 
 logger = logging.getLogger("platform.request")
 
@@ -37,7 +38,13 @@ access_logger = logging.getLogger("platform.access")
 
 
 def _log_request(
-    request: HttpRequest, response: HttpResponse, *, route: str, request_id: str, seconds: float
+    request: HttpRequest,
+    response: HttpResponse,
+    *,
+    route: str,
+    request_id: str,
+    trace_id: str | None,
+    seconds: float,
 ) -> None:
     """One JSON line per request (`platform.access`, at INFO): who, what, how it went."""
     notes = request_notes(request)
@@ -49,6 +56,7 @@ def _log_request(
         response.status_code,
         extra={
             "request_id": request_id,
+            "trace_id": trace_id,
             "method": request.method,
             "route": route,
             "status": response.status_code,
@@ -87,7 +95,15 @@ class RequestIDMiddleware:
         REQUESTS.labels(request.method, route, str(response.status_code)).inc()
         REQUEST_LATENCY.labels(route).observe(elapsed)
         if access_logger.isEnabledFor(logging.INFO):
-            _log_request(request, response, route=route, request_id=request_id, seconds=elapsed)
+            ids = current_ids()
+            _log_request(
+                request,
+                response,
+                route=route,
+                request_id=request_id,
+                trace_id=ids[0] if ids else None,
+                seconds=elapsed,
+            )
         return response
 
 

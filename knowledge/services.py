@@ -32,7 +32,7 @@ from knowledge.lib.chunking import chunk_embedding_text, chunk_text
 from knowledge.lib.index import IndexStoreError
 from knowledge.lib.packing import pack_passages
 from knowledge.lib.parsing import DocumentError, UnsupportedFormat, extract_text, sniff_format
-from knowledge.metrics import INGESTION_SECONDS
+from knowledge.metrics import ingestion_stage
 from knowledge.models import Chunk, Document, KnowledgeChange
 from knowledge.selectors import chunk_ids_of_documents, chunks_by_ids, indexed_document_count
 from usage.services import QuotaExceeded, Reservation, quota_hold, quota_reserve
@@ -224,7 +224,7 @@ def document_ingest(*, document_id: int) -> None:
 
 
 def _ingest(document: Document) -> None:
-    with INGESTION_SECONDS.labels("parse").time():
+    with ingestion_stage("parse", document_id=document.pk):
         parsed = extract_text(
             data=bytes(document.data),
             filename=document.filename or document.title,
@@ -233,7 +233,7 @@ def _ingest(document: Document) -> None:
     title = document.title or parsed.title or document.filename
     _set_status(document, Document.Status.CHUNKING)
     embedder = embedder_get()
-    with INGESTION_SECONDS.labels("chunk").time():
+    with ingestion_stage("chunk", document_id=document.pk):
         pieces = chunk_text(
             text=parsed.text,
             title=title,
@@ -244,13 +244,13 @@ def _ingest(document: Document) -> None:
     _chunks_delete(document)  # a previous attempt's chunks
     reservation = _ingestion_reserve(document, tokens=sum(piece.token_count for piece in pieces))
     try:
-        with INGESTION_SECONDS.labels("embed").time():
+        with ingestion_stage("embed", document_id=document.pk):
             _embed_and_index(document, pieces=pieces, title=title)
     except BaseException:
         reservation.release(status="error")
         raise
     reservation.settle(prompt_tokens=reservation.amount, completion_tokens=0)
-    with INGESTION_SECONDS.labels("index").time(), transaction.atomic():
+    with ingestion_stage("index", document_id=document.pk), transaction.atomic():
         _set_status(document, Document.Status.INDEXED, indexed_at=timezone.now())
         # Read after the status update, which waits for a concurrent delete: a deleted
         # document has no chunks left to publish.

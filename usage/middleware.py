@@ -19,16 +19,19 @@ from typing import Any
 import redis
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
+from opentelemetry import trace
 
 from accounts.context import AuthContext
 from common.errors import APIError, internal_error_response
 from common.metrics import ADMISSIONS
 from common.request_notes import RequestNotes, request_notes
-from usage.admission import route_cost
+from usage.admission import RouteCost, route_cost
 from usage.ratelimit import LimitState, LimitWindows, RateLimited, format_reset, requests_hit, tokens_hit
 from usage.services import quota_reserve
+from usage.tokens import TokenEstimate
 
 logger = logging.getLogger(__name__)
+_tracer = trace.get_tracer(__name__)
 
 
 def _set_headers(response: HttpResponse, state: LimitState | None) -> None:
@@ -99,6 +102,22 @@ class AdmissionMiddleware:
         estimate = cost.estimate(body) if cost is not None and body is not None else None
         if cost is None or body is None or estimate is None:
             return self._count_requests(request, notes)
+        with _tracer.start_as_current_span("admission") as span:
+            refused = self._admit(request, notes, context=context, cost=cost, body=body, estimate=estimate)
+            span.set_attribute("llmp.admission.outcome", notes.admission or "")
+            span.set_attribute("llmp.tokens.estimated", estimate.total)
+        return refused
+
+    def _admit(
+        self,
+        request: HttpRequest,
+        notes: RequestNotes,
+        *,
+        context: AuthContext,
+        cost: RouteCost,
+        body: dict[str, Any],
+        estimate: TokenEstimate,
+    ) -> HttpResponse | None:
         notes.estimate = estimate
         limits = LimitWindows(
             request=request, context=context, tokens=estimate.total, route_limit=cost.requests_limit

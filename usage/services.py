@@ -11,6 +11,7 @@ import redis
 from django.conf import settings
 from django.core.cache import cache as django_cache
 from django.utils import timezone
+from opentelemetry import trace
 
 from accounts.context import AuthContext
 from accounts.models import BudgetPeriod, EndUserBudget, Organization
@@ -32,6 +33,7 @@ from usage.ledger import (
 from usage.selectors import tokens_used_since
 
 logger = logging.getLogger(__name__)
+_tracer = trace.get_tracer(__name__)
 
 
 class QuotaExceeded(APIError):
@@ -480,7 +482,10 @@ def usage_stream_flush(*, batch_size: int = 1000, max_batches: int = 100) -> int
     ledger = get_ledger()
     if not isinstance(ledger, RedisLedger):
         return 0
-    return records.stream_flush(ledger=ledger, batch_size=batch_size, max_batches=max_batches)
+    with _tracer.start_as_current_span("usage.flush") as span:
+        moved = records.stream_flush(ledger=ledger, batch_size=batch_size, max_batches=max_batches)
+        span.set_attribute("llmp.usage.flushed", moved)
+    return moved
 
 
 def reservations_expire() -> int:

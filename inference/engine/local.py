@@ -21,6 +21,7 @@ from inference.engine.observe import EngineObserver, NoObserver
 from inference.engine.sampling import ModelSampling, RowSampling, sample_next_tokens
 from inference.engine.sequence import SequenceState
 from inference.engine.sequence import decode_tokens as decode_tokens  # bench/ imports it from here
+from inference.engine.spans import SequenceTrace
 from inference.engine.stream import GenerationStream
 from inference.engine.types import (
     EngineUnavailable,
@@ -186,6 +187,7 @@ class LocalBackend:
             retire=self._retire,
             stream_chunks=stream_chunks,
         )
+        seq.trace = SequenceTrace.start(model=self.model_name, prompt_tokens=len(prompt_ids))
         with self._cv:
             if self._stopping:
                 raise EngineUnavailable("the engine is shut down")
@@ -229,6 +231,10 @@ class LocalBackend:
                     self._active.add(admitted[-1])
                 if admitted:
                     self._observer.queue_depth(depth=len(self._waiting))
+            now_ns = time.time_ns()
+            for seq in admitted:
+                if seq.trace is not None:
+                    seq.trace.admitted(at_ns=now_ns)
             batch = self._step(batch, admitted)
         error = EngineUnavailable("the engine is shut down")
         with self._cv:
@@ -298,6 +304,15 @@ class LocalBackend:
         return rows
 
     def _prefill(self, seqs: list[SequenceState]) -> Batch:
+        started_ns = time.time_ns()
+        batch = self._prefill_rows(seqs)
+        ended_ns = time.time_ns()
+        for seq in seqs:
+            if seq.trace is not None:
+                seq.trace.prefilled(start_ns=started_ns, end_ns=ended_ns, batch_rows=len(seqs))
+        return batch
+
+    def _prefill_rows(self, seqs: list[SequenceState]) -> Batch:
         length = max(len(s.prompt_ids) for s in seqs)
         ids = torch.zeros((len(seqs), length), dtype=torch.long)
         mask = torch.zeros((len(seqs), length), dtype=torch.long)
@@ -381,6 +396,12 @@ class LocalBackend:
                 self._observer.generation_finished(
                     model=self.model_name, seconds=seconds, completion_tokens=seq.completion_tokens
                 )
+                if seq.trace is not None:
+                    seq.trace.finished(
+                        at_ns=time.time_ns(),
+                        completion_tokens=seq.completion_tokens,
+                        finish_reason=seq.finish_reason,
+                    )
 
 
 def _token_mask(token_ids: list[int], *, vocab_size: int, device: torch.device) -> torch.Tensor:

@@ -8,6 +8,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from opentelemetry import trace
+
 from inference.engine import http
 from inference.engine.observe import EngineObserver, NoObserver
 from inference.engine.stream import GenerationStream
@@ -18,6 +20,9 @@ from inference.engine.types import (
     StreamChunk,
     UpstreamError,
 )
+
+# The OpenTelemetry API only: a no-op unless the serving layer installed the SDK.
+_tracer = trace.get_tracer("inference.engine")
 
 
 class OpenAIBackend:
@@ -76,6 +81,9 @@ class OpenAIBackend:
         is_chat = request.messages is not None
         started = time.perf_counter()
         self._track(+1)
+        span = _tracer.start_span(
+            "engine.upstream", attributes={"llm.model": self.model_name, "llm.stream": False}
+        )
         try:
             response = self._send(request, stream=False)
             try:
@@ -88,6 +96,7 @@ class OpenAIBackend:
                 ) from exc
         finally:
             self._track(-1)
+            span.end()
         result = self._result(
             request=request,
             text=text or "",

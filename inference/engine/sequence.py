@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 import torch
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from inference.engine.spans import SequenceTrace
 from inference.engine.stops import StopMatcher
 from inference.engine.types import GenerationResult, SamplingParams, StreamChunk
 
@@ -38,6 +39,8 @@ class SequenceState:
         self.prompt_ids = prompt_ids
         self.params = params
         self.submitted_at = time.perf_counter()
+        # Where its engine spans go (inference/engine/spans.py): None when nobody records them.
+        self.trace: SequenceTrace | None = None
         self.generator = torch.Generator(device=device)
         if params.seed is None:
             self.generator.seed()

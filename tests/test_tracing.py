@@ -1,0 +1,184 @@
+"""OpenTelemetry: a generation's spans (Django, admission, the engine's queue wait, prefill and
+decode) share one trace, recorded by an in-memory exporter; the request log line carries the
+trace id; a job's trace goes from the API request through Redis to a Celery worker."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from common import tracing
+from tests.conftest import CELERY_WORKER_COMMAND, ROOT, Tenant, server_env
+from tests.engine.conftest import build_tiny_model
+
+
+class _Recorder(InMemorySpanExporter):
+    """Keeps spans only while a test of this module wants them."""
+
+    recording = False
+
+    def export(self, spans: Any) -> SpanExportResult:
+        return super().export(spans) if self.recording else SpanExportResult.SUCCESS
+
+
+_exporter = _Recorder()
+
+
+@pytest.fixture(scope="module")
+def spans() -> Iterator[InMemorySpanExporter]:
+    """Tracing on in this process, into memory. The SDK's provider is global and set once per
+    process, so after the module's tests (pytest-django runs the transactional one apart) the
+    instrumentations are removed and the exporter stops keeping spans; the next use puts the
+    instrumentations back."""
+    from opentelemetry.instrumentation.celery import CeleryInstrumentor
+    from opentelemetry.instrumentation.django import DjangoInstrumentor
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+    from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
+    from opentelemetry.instrumentation.redis import RedisInstrumentor
+    from opentelemetry.instrumentation.requests import RequestsInstrumentor
+
+    assert tracing.tracing_configure(exporter=_exporter, batch=False)
+    if not DjangoInstrumentor().is_instrumented_by_opentelemetry:
+        tracing.tracing_instrument()
+    _exporter.recording = True
+    yield _exporter
+    _exporter.recording = False
+    _exporter.clear()
+    for instrumentor in (
+        DjangoInstrumentor(),
+        CeleryInstrumentor(),
+        RedisInstrumentor(),
+        PsycopgInstrumentor(),
+        RequestsInstrumentor(),
+        HTTPXClientInstrumentor(),
+    ):
+        instrumentor.uninstrument()
+
+
+@pytest.fixture
+def local_engine(settings: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The gateway's engine on a tiny local model, so that its own spans are recorded."""
+    from inference import services as inference_services
+
+    settings.LLM_BACKEND = "local"
+    settings.LLM_MODEL = str(build_tiny_model(tmp_path_factory.mktemp("model") / "tiny"))
+    settings.LLM_TORCH_THREADS = 1
+    settings.LLM_DEVICE = "cpu"
+    previous = inference_services._handler
+    inference_services._handler = None
+    yield
+    if inference_services._handler is not None:
+        inference_services._handler.shutdown()
+    inference_services._handler = previous
+
+
+def _trace_id(span: ReadableSpan) -> str:
+    assert span.context is not None
+    return format(span.context.trace_id, "032x")
+
+
+@pytest.mark.django_db
+def test_a_generation_is_one_trace_from_the_request_to_the_engine(
+    alice: Tenant, local_engine: None, spans: InMemorySpanExporter, caplog: Any
+) -> None:
+    spans.clear()
+    with caplog.at_level(logging.INFO, logger="platform.access"):
+        response = alice.client().post(
+            "/api/v1/generate/", {"prompt": "hello world", "max_tokens": 4, "temperature": 0}, format="json"
+        )
+    assert response.status_code == 200, response.content
+    completion_tokens = response.json()["meta"]["completion_tokens"]
+    recorded = spans.get_finished_spans()
+    by_name = {span.name: span for span in recorded}
+    server = next(span for span in recorded if span.kind.name == "SERVER")
+    trace_id = _trace_id(server)
+    for name in ("admission", "engine.queue", "engine.prefill", "engine.decode"):
+        assert name in by_name, sorted(by_name)
+        assert _trace_id(by_name[name]) == trace_id, name
+    assert by_name["admission"].attributes["llmp.admission.outcome"] == "admitted"
+    assert by_name["engine.prefill"].attributes["llm.prompt_tokens"] > 0
+    assert by_name["engine.decode"].attributes["llm.completion_tokens"] == completion_tokens
+    # Queue wait, then prefill, then decode, in that order.
+    queue, prefill, decode = (by_name[n] for n in ("engine.queue", "engine.prefill", "engine.decode"))
+    assert queue.end_time <= prefill.start_time and prefill.end_time <= decode.end_time
+    # The ledger's Redis calls are in the request's trace too.
+    assert any(
+        s.instrumentation_scope is not None
+        and s.instrumentation_scope.name == "opentelemetry.instrumentation.redis"
+        and _trace_id(s) == trace_id
+        for s in recorded
+    )
+    (line,) = [record for record in caplog.records if record.name == "platform.access"]
+    assert line.trace_id == trace_id
+
+
+@pytest.mark.django_db
+def test_every_log_line_in_a_span_carries_its_ids(spans: InMemorySpanExporter) -> None:
+    from opentelemetry import trace
+
+    from common.logging import JSONFormatter, RequestIDFilter
+
+    with trace.get_tracer("test").start_as_current_span("work") as span:
+        record = logging.makeLogRecord({"msg": "inside", "levelno": logging.INFO, "levelname": "INFO"})
+        RequestIDFilter().filter(record)
+    written = json.loads(JSONFormatter().format(record))
+    context = span.get_span_context()
+    assert written["trace_id"] == format(context.trace_id, "032x")
+    assert written["span_id"] == format(context.span_id, "016x")
+    outside = logging.makeLogRecord({"msg": "outside"})
+    RequestIDFilter().filter(outside)
+    assert json.loads(JSONFormatter().format(outside))["trace_id"] is None
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(not settings.CELERY_BROKER_URL, reason="needs a broker: set REDIS_URL (CI does)")
+def test_a_job_is_one_trace_from_the_api_through_redis_to_the_worker(
+    alice: Tenant, openai_backend: str, spans: InMemorySpanExporter, tmp_path: Path
+) -> None:
+    spans.clear()
+    log = tmp_path / "worker.out"
+    with open(log, "wb") as out:
+        worker = subprocess.Popen(
+            CELERY_WORKER_COMMAND,
+            cwd=ROOT,
+            env=server_env(
+                OTEL_TRACES_EXPORTER="console", OTEL_SERVICE_NAME="worker", OTEL_BSP_SCHEDULE_DELAY="100"
+            ),
+            stdout=out,
+            stderr=subprocess.DEVNULL,
+        )
+    try:
+        response = alice.client().post("/api/v1/jobs/", {"prompt": "hello", "max_tokens": 3}, format="json")
+        assert response.status_code == 202
+        trace_id = _trace_id(next(s for s in spans.get_finished_spans() if s.kind.name == "SERVER"))
+        assert any(
+            s.name.startswith("apply_async") and _trace_id(s) == trace_id for s in spans.get_finished_spans()
+        )
+        deadline = time.monotonic() + 90
+        worker_spans: list[dict[str, Any]] = []
+        while not any(s["name"].startswith("run/") for s in worker_spans):
+            assert time.monotonic() < deadline and worker.poll() is None, log.read_text()[-2000:]
+            time.sleep(0.5)
+            lines = [line for line in log.read_text().splitlines() if line.startswith("{")]
+            worker_spans = [s for s in map(json.loads, lines) if s["context"]["trace_id"] == f"0x{trace_id}"]
+        assert alice.client().get(response["Location"]).json()["status"] == "succeeded"
+        run = next(s for s in worker_spans if s["name"].startswith("run/"))
+        names = {s["name"] for s in worker_spans}
+        # The worker's own work is in the same trace: its database, Redis and the upstream call.
+        assert "engine.upstream" in names and "EVALSHA" in names, names
+        assert any(s["attributes"].get("db.system") == "postgresql" for s in worker_spans), names
+        assert run["resource"]["attributes"]["service.name"] == "worker"
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
