@@ -9,21 +9,35 @@ production server setup (`python -m platform.web`: granian, 2 workers x 64 threa
 gunicorn's gthread workers for comparison (`--server gunicorn`).
 
     python bench/bench_gateway.py [--seconds 15] [--workers 2] [--threads 64] [--server production|gunicorn]
+        [--tracing off|on|both] [--load wrk|python]
+
+`--tracing both` measures the gateway twice in the same run, with tracing off and then on
+(OTEL_TRACES_EXPORTER=otlp to a closed port on loopback: every span is made, batched and its
+export attempted, as in production with a collector down), and reports the throughput ratio
+(bench/results/gateway-tracing.json). `--load python` replaces wrk with a small threaded
+client (for a check on a machine without wrk; its figures are not comparable with wrk's).
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
+import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (  # noqa: E402
     BIN,
     ROOT,
+    LoadResult,
     free_port,
     reset_services,
     save,
@@ -103,18 +117,151 @@ def _prepare_refused_tenant(env: dict[str, str]) -> str:
     return _manage(env, "create_api_key", "--org", "refused").strip().splitlines()[-1]
 
 
+def python_load(
+    url: str,
+    *,
+    connections: int,
+    seconds: int,
+    body: dict | None = None,
+    headers: dict[str, str] | None = None,
+) -> LoadResult:
+    """wrk's measurement with Python threads, one keep-alive connection each."""
+    parts = urlsplit(url)
+    payload = json.dumps(body).encode() if body is not None else None
+    sent = {"Content-Type": "application/json", **(headers or {})}
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    deadline = time.monotonic() + seconds
+
+    def client() -> None:
+        connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=30)
+        mine: list[float] = []
+        failed = 0
+        while time.monotonic() < deadline:
+            started = time.perf_counter()
+            try:
+                connection.request("POST" if payload else "GET", parts.path, body=payload, headers=sent)
+                response = connection.getresponse()
+                response.read()
+                failed += response.status != 200
+            except (OSError, http.client.HTTPException):
+                failed += 1
+                connection.close()
+                connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=30)
+            mine.append(time.perf_counter() - started)
+        connection.close()
+        with lock:
+            latencies.extend(mine)
+            errors[0] += failed
+
+    threads = [threading.Thread(target=client) for _ in range(connections)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - started
+    latencies.sort()
+
+    def at(quantile: float) -> float:
+        if not latencies:
+            return 0.0
+        return round(latencies[min(len(latencies) - 1, int(quantile * len(latencies)))] * 1000, 3)
+
+    return LoadResult(
+        connections=connections,
+        requests_per_second=round(len(latencies) / elapsed, 1),
+        p50_ms=at(0.5),
+        p99_ms=at(0.99),
+        errors=errors[0],
+    )
+
+
+def _tracing_env(tracing: str) -> dict[str, str]:
+    if tracing == "off":
+        return {"OTEL_TRACES_EXPORTER": "none"}
+    # Nothing listens there: exports fail as with a collector down, after the spans are made.
+    return {
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}",
+        "OTEL_SERVICE_NAME": "llm-platform-bench",
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=64)
     parser.add_argument("--server", choices=("production", "gunicorn"), default="production")
+    parser.add_argument("--tracing", choices=("off", "on", "both"), default="off")
+    parser.add_argument("--load", choices=("wrk", "python"), default="wrk")
+    parser.add_argument("--out", type=Path, help="write the results here instead of bench/results/")
     args = parser.parse_args()
 
     upstream, upstream_url = start_fake_upstream()
     env = _env(upstream_url)
     secret = _prepare_database(env)
     refused_secret = _prepare_refused_tenant(env)
+    load = wrk if args.load == "wrk" else python_load
+    try:
+        if args.tracing != "both":
+            results = _measure(
+                args=args,
+                env={**env, **_tracing_env(args.tracing)},
+                upstream_url=upstream_url,
+                secret=secret,
+                refused_secret=refused_secret,
+                load=load,
+            )
+            results["tracing"] = args.tracing
+            _write(args.out, "gateway" if args.tracing == "off" else "gateway-tracing-on", results)
+            return
+        runs = {}
+        for tracing in ("off", "on"):
+            print(f"tracing {tracing}", flush=True)
+            runs[tracing] = _measure(
+                args=args,
+                env={**env, **_tracing_env(tracing)},
+                upstream_url=upstream_url,
+                secret=secret,
+                refused_secret=refused_secret,
+                load=load,
+            )
+        summary: dict[str, object] = {"load": args.load, **runs}
+        for connections in (1, 32):
+            off, on = (runs[t][f"c{connections}"]["gateway"] for t in ("off", "on"))  # type: ignore[index]
+            ratio = on.requests_per_second / off.requests_per_second if off.requests_per_second else 0.0
+            summary[f"c{connections}_throughput_on_over_off"] = round(ratio, 3)
+            print(
+                f"{connections:>3} connections  tracing off {off.requests_per_second:8.0f} req/s, "
+                f"on {on.requests_per_second:8.0f} req/s: {100 * (1 - ratio):+.1f}% cost",
+                flush=True,
+            )
+        _write(args.out, "gateway-tracing", summary)
+    finally:
+        stop(upstream)
+
+
+def _write(out: Path | None, name: str, results: dict[str, object]) -> None:
+    if out is None:
+        print(save(name, results))
+    else:
+        out.write_text(json.dumps(results, indent=2, default=lambda o: vars(o)))
+        print(out)
+
+
+def _measure(
+    *,
+    args: argparse.Namespace,
+    env: dict[str, str],
+    upstream_url: str,
+    secret: str,
+    refused_secret: str,
+    load: Any,
+) -> dict[str, object]:
+    """Starts the web server and a worker on `env`, measures, stops them."""
     port = free_port()
     if args.server == "production":
         command = web_command(port=port, workers=args.workers, threads=args.threads)
@@ -157,13 +304,13 @@ def main() -> None:
     try:
         auth = {"Authorization": f"Bearer {secret}"}
         gateway = f"http://127.0.0.1:{port}/v1/chat/completions"
-        wrk(gateway, connections=32, seconds=3, body=BODY, headers=auth)  # warm up both, every worker
-        wrk(f"{upstream_url}/chat/completions", connections=4, seconds=2, body=BODY)
+        load(gateway, connections=32, seconds=3, body=BODY, headers=auth)  # warm up both, every worker
+        load(f"{upstream_url}/chat/completions", connections=4, seconds=2, body=BODY)
         for connections in (1, 32):
-            direct = wrk(
+            direct = load(
                 f"{upstream_url}/chat/completions", connections=connections, seconds=args.seconds, body=BODY
             )
-            behind = wrk(gateway, connections=connections, seconds=args.seconds, body=BODY, headers=auth)
+            behind = load(gateway, connections=connections, seconds=args.seconds, body=BODY, headers=auth)
             results[f"c{connections}"] = {
                 "direct": direct,
                 "gateway": behind,
@@ -177,7 +324,7 @@ def main() -> None:
                 flush=True,
             )
         # What a refused request costs: admission answers 429 before the view does any work.
-        refused = wrk(
+        refused = load(
             gateway,
             connections=32,
             seconds=args.seconds,
@@ -201,8 +348,8 @@ def main() -> None:
         results["usage_records_written"] = int(records.splitlines()[-1])
         print(f"usage records in PostgreSQL after the run: {records}")
     finally:
-        stop(web, worker, upstream)
-    print(save("gateway", results))
+        stop(web, worker)
+    return results
 
 
 if __name__ == "__main__":
