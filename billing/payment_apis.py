@@ -34,7 +34,7 @@ class SetDefaultSerializer(serializers.Serializer):
     setup_intent = serializers.CharField(max_length=255, help_text="The SetupIntent the browser confirmed.")
 
 
-_UNAVAILABLE = {503: OpenApiResponse(description="Card payments are not configured (STRIPE_API_KEY)")}
+_UNAVAILABLE = {404: OpenApiResponse(description="Card payments are not available (no STRIPE_API_KEY)")}
 
 
 class SetupIntentApi(APIView):
@@ -76,8 +76,7 @@ class PaymentMethodListApi(APIView):
         request=SetDefaultSerializer,
         responses={
             200: CardSerializer,
-            404: OpenApiResponse(description="No such setup intent for your organization"),
-            **_UNAVAILABLE,
+            404: OpenApiResponse(description="No such setup intent, or card payments are not available"),
         },
         description="Makes the card of a confirmed SetupIntent your default; open invoices are charged on it.",
     )
@@ -97,7 +96,10 @@ class PaymentMethodDetailApi(APIView):
 
     @extend_schema(
         tags=["billing"],
-        responses={204: None, 404: OpenApiResponse(description="No such card"), **_UNAVAILABLE},
+        responses={
+            204: None,
+            404: OpenApiResponse(description="No such card, or card payments are not available"),
+        },
     )
     def delete(self, request: Request, payment_method_id: str) -> Response:
         payments.payment_method_remove(

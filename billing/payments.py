@@ -24,14 +24,12 @@ from accounts.models import Organization
 from billing import stripe_sync
 from billing.models import Invoice
 from billing.services import invoice_mark_paid, invoice_payment_failed
-from common.errors import APIError, NotFound, ServiceUnavailable
+from common.errors import APIError, NotFound
 
 
 def _check_enabled() -> None:
-    if not stripe_sync.stripe_enabled():
-        raise ServiceUnavailable(
-            "Card payments are not configured on this server (STRIPE_API_KEY).", code="payments_unavailable"
-        )
+    if not stripe_sync.stripe_enabled():  # as sign-up when it is off: a route this server lacks
+        raise NotFound("Card payments are not available on this server.", code="payments_unavailable")
 
 
 @dataclass(frozen=True)

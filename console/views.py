@@ -10,6 +10,7 @@ import json
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
@@ -27,6 +28,7 @@ from accounts.scopes import (
     ORGANIZATION_WRITE,
     USAGE_READ,
 )
+from billing.payments import payment_methods_list
 from billing.periods import Period, today_utc
 from billing.selectors import (
     invoice_estimate,
@@ -37,6 +39,7 @@ from billing.selectors import (
     plan_price_list,
 )
 from billing.services import subscription_change
+from billing.stripe_sync import stripe_enabled
 from common.errors import APIError
 from console.context import Console, console_page
 from console.forms import InviteForm, KeyCreateForm, PlanForm, RoleForm, RotateForm
@@ -348,6 +351,10 @@ def billing(request: HttpRequest, console: Console) -> HttpResponse:
         request,
         console,
         "billing.html",
+        cards=payment_methods_list(organization=console.organization),
+        card_form=console.can(BILLING_WRITE) and stripe_enabled(),
+        stripe_js_url=settings.STRIPE_JS_URL,
+        stripe_publishable_key=settings.STRIPE_PUBLISHABLE_KEY,
         choice=choice,
         estimate=estimate,
         total=estimate.priced.total if estimate.priced is not None else Decimal("0.00"),

@@ -72,6 +72,8 @@ OPERATIONS = [
     {"name": "POST /api/v1/signup/", "statuses": [*ACCEPTED, "400"]},
     # Which fields a budget's target takes, and the plan's ceilings: more than a schema says.
     {"name": "PUT /api/v1/organization/budgets/", "statuses": [*ACCEPTED, "400"]},
+    # A webhook's address must resolve, to public addresses only: more than a schema says.
+    {"name": "POST /api/v1/organization/webhooks/", "statuses": [*ACCEPTED, "400"]},
 ]
 
 DATE_RANGE_PATHS = ["/api/v1/usage/", "/api/v1/billing/costs/"]

@@ -118,6 +118,7 @@ def test_another_tenants_setup_intent_is_404_and_a_member_cannot_add_cards(
     assert_error_shape(alice.client().delete("/api/v1/billing/payment-methods/pm_nope/"), status=404)
 
 
-def test_without_stripe_card_payments_are_a_clear_503(alice: Tenant) -> None:
-    assert_error_shape(alice.client().post("/api/v1/billing/setup-intent/", format="json"), status=503)
+def test_without_stripe_card_payments_are_a_clear_404(alice: Tenant) -> None:
+    response = alice.client().post("/api/v1/billing/setup-intent/", format="json")
+    assert_error_shape(response, status=404, code="payments_unavailable")
     assert alice.client().get("/api/v1/billing/payment-methods/").json()["data"] == []

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from decimal import Decimal
@@ -23,7 +25,7 @@ from django.conf import settings
 
 from accounts.services import api_key_create, membership_create, user_create
 from billing.services import plan_create, subscription_change
-from tests.conftest import make_tenant
+from tests.conftest import ROOT, free_port, make_tenant, wait_http
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 PASSWORD = "correct horse battery staple"
@@ -208,3 +210,49 @@ def test_a_member_sees_no_billing_and_a_tenant_nothing_of_another(
     page.goto(f"{base}/console/members/")
     assert charlie.owner.email not in page.content()
     page.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_owner_gives_a_card_on_the_billing_page_through_stripe_js(
+    browser: Any, start_web_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = free_port()
+    stand_in = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "tests" / "billing" / "localstripe_server.py"),
+            "--port",
+            str(port),
+            "--from-scratch",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        stripe_url = f"http://127.0.0.1:{port}"
+        wait_http(f"{stripe_url}/v1/customers", stand_in)
+        monkeypatch.setenv("STRIPE_API_KEY", "sk_test_console")
+        monkeypatch.setenv("STRIPE_API_BASE", stripe_url)
+        monkeypatch.setenv("STRIPE_PUBLISHABLE_KEY", "pk_test_console")
+        monkeypatch.setenv("STRIPE_JS_URL", f"{stripe_url}/js.stripe.com/v3/")  # localstripe's Stripe.js
+        alice = make_tenant("alice")
+        base = start_web_server(workers=1, threads=8)
+        page = browser.new_page()
+        _sign_in(page, base, alice.owner.email)
+        page.goto(f"{base}/console/billing/")
+        for field, value in (
+            ("number", "4242424242424242"),
+            ("exp_month", "12"),
+            ("exp_year", "30"),  # localstripe's card element prefixes "20"
+            ("cvc", "123"),
+            ("postal_code", "75001"),
+        ):
+            page.fill(f"#card-element input[placeholder={field}]", value)
+        page.get_by_role("button", name="Save card").click()
+        page.wait_for_selector("[data-card='4242']", timeout=20_000)
+        assert "default" in page.locator("[data-card='4242']").inner_text()
+        _shoot(page, "billing-card")
+        page.close()
+    finally:
+        stand_in.terminate()
+        stand_in.wait(timeout=10)

@@ -370,8 +370,34 @@
     });
   }
 
+  // --- Billing: a card, through Stripe.js (it never reaches the platform) ---------------------
+
+  function enhanceCardForm() {
+    const form = document.getElementById("card-form");
+    if (!form || typeof window.Stripe !== "function") return;
+    const stripe = window.Stripe(form.dataset.stripeKey);
+    const card = stripe.elements().create("card");
+    card.mount("#card-element");
+    const status = document.getElementById("card-status");
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      status.textContent = "Saving…";
+      try {
+        const intent = await api("/api/v1/billing/setup-intent/", { method: "POST" });
+        const confirmed = await stripe.confirmCardSetup(intent.client_secret, { payment_method: { card } });
+        if (confirmed.error) throw new Error(confirmed.error.message || "The card was refused.");
+        await api("/api/v1/billing/payment-methods/", { method: "POST", json: { setup_intent: intent.setup_intent } });
+        status.textContent = "Saved.";
+        window.location.reload();
+      } catch (error) {
+        status.textContent = error.message;
+      }
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", () => {
     enhanceCommon();
+    enhanceCardForm();
     enhanceUsage();
     enhanceDocuments();
     enhancePlayground();
