@@ -25,9 +25,12 @@ from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from accounts.audit import Actor, audit_record, field_changes
 from accounts.models import APIKey, EndUserBudget, Membership, Organization
 from billing.models import SpendAlert
 from billing.selectors import invoice_estimate
+from billing.services import organization_update_locked
+from common.errors import APIError
 from usage.models import UsageRecord
 from usage.periods import period_key, period_start
 from usage.selectors import tokens_used_since
@@ -259,3 +262,58 @@ def spend_alerts_check_recent(*, since: datetime | None = None, now: datetime | 
     for organization in Organization.objects.filter(pk__in=list(ids)):
         sent += spend_alerts_check(organization=organization, now=now)
     return sent
+
+
+def _fractions(values: list[Any]) -> list[float]:
+    try:
+        chosen = sorted({float(value) for value in values})
+    except (TypeError, ValueError) as error:
+        raise APIError(
+            "Thresholds are fractions of a budget, from 0 to 1.", param="alert_thresholds"
+        ) from error
+    if not chosen or chosen[0] <= 0 or chosen[-1] > 1:
+        raise APIError(
+            "Thresholds are fractions of a budget, above 0 and at most 1.", param="alert_thresholds"
+        )
+    return chosen
+
+
+def _amounts(values: list[Any]) -> list[str]:
+    try:
+        chosen = sorted({Decimal(str(value)) for value in values})
+    except InvalidOperation as error:
+        raise APIError("Cost alerts are amounts of money.", param="cost_alert_amounts") from error
+    if chosen and chosen[0] <= 0:
+        raise APIError("Cost alerts are positive amounts.", param="cost_alert_amounts")
+    return [str(amount) for amount in chosen]
+
+
+@transaction.atomic
+def alert_settings_update(
+    *,
+    organization: Organization,
+    actor: Actor,
+    alert_thresholds: list[Any] | None = None,
+    cost_alert_amounts: list[Any] | None = None,
+) -> Organization:
+    """The organization's default thresholds (every budget without its own) and its cost alerts."""
+    fields: dict[str, Any] = {}
+    if alert_thresholds is not None:
+        fields["alert_thresholds"] = _fractions(alert_thresholds)
+    if cost_alert_amounts is not None:
+        fields["cost_alert_amounts"] = _amounts(cost_alert_amounts)
+    changes = field_changes(instance=organization, fields=fields)
+    if changes:
+        organization_update_locked(organization=organization, **fields)
+        audit_record(
+            organization=organization,
+            actor=actor,
+            action="alerts.updated",
+            target=organization,
+            changes=changes,
+        )
+    return organization
+
+
+def spend_alert_list(*, organization: Organization) -> Any:
+    return SpendAlert.objects.filter(organization=organization)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from decimal import Decimal
+from typing import Any
+
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -10,6 +14,7 @@ from rest_framework.views import APIView
 from accounts.audit import actor_from_request
 from accounts.context import auth_context
 from accounts.scopes import ORGANIZATION_READ, ORGANIZATION_WRITE
+from billing import alerts
 from billing.budgets import RATE_LIMITS, budget_overview, budget_update
 from billing.serializers import BudgetEntrySerializer, BudgetInputSerializer, BudgetOverviewSerializer
 
@@ -66,3 +71,84 @@ class BudgetApi(APIView):
             rate_limits={name: fields[name] for name in RATE_LIMITS if name in fields},
         )
         return Response(BudgetEntrySerializer(entry).data)
+
+
+class AlertSettingsSerializer(serializers.Serializer):
+    alert_thresholds = serializers.ListField(
+        child=serializers.FloatField(min_value=0.01, max_value=1.0),
+        min_length=1,
+        max_length=10,
+        required=False,
+        help_text="Fractions of each budget that send an alert (every budget without its own).",
+    )
+    cost_alert_amounts = serializers.ListField(
+        child=serializers.DecimalField(max_digits=14, decimal_places=2, min_value=Decimal("0.01")),
+        max_length=10,
+        required=False,
+        help_text="Amounts of this period's cost, in the plan's currency, that send an alert.",
+    )
+
+
+class AlertSentSerializer(serializers.Serializer):
+    kind = serializers.CharField()
+    budget = serializers.CharField()
+    period = serializers.CharField()
+    threshold = serializers.CharField()
+    used = serializers.DecimalField(max_digits=20, decimal_places=2)
+    limit = serializers.DecimalField(max_digits=20, decimal_places=2)
+    created_at = serializers.DateTimeField()
+
+
+class AlertSettingsApi(APIView):
+    @property
+    def required_scope(self) -> str:
+        return ORGANIZATION_READ if self.request.method == "GET" else ORGANIZATION_WRITE
+
+    def _body(self, organization: Any) -> dict[str, Any]:
+        return {
+            "alert_thresholds": organization.alert_thresholds,
+            "cost_alert_amounts": organization.cost_alert_amounts,
+            "sent": AlertSentSerializer(
+                alerts.spend_alert_list(organization=organization)[:50], many=True
+            ).data,
+        }
+
+    @extend_schema(
+        tags=["organization"],
+        operation_id="organization_alerts_get",
+        responses=inline_serializer(
+            "AlertSettings",
+            {
+                "alert_thresholds": serializers.ListField(child=serializers.FloatField()),
+                "cost_alert_amounts": serializers.ListField(child=serializers.CharField()),
+                "sent": AlertSentSerializer(many=True),
+            },
+        ),
+        description="The spend alerts' thresholds and the latest alerts sent (each once per period).",
+    )
+    def get(self, request: Request) -> Response:
+        return Response(self._body(auth_context(request).organization))
+
+    @extend_schema(
+        tags=["organization"],
+        operation_id="organization_alerts_update",
+        request=AlertSettingsSerializer,
+        responses=inline_serializer(
+            "AlertSettingsUpdated",
+            {
+                "alert_thresholds": serializers.ListField(child=serializers.FloatField()),
+                "cost_alert_amounts": serializers.ListField(child=serializers.CharField()),
+                "sent": AlertSentSerializer(many=True),
+            },
+        ),
+    )
+    def put(self, request: Request) -> Response:
+        data = AlertSettingsSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        organization = alerts.alert_settings_update(
+            organization=auth_context(request).organization,
+            actor=actor_from_request(request),
+            alert_thresholds=data.validated_data.get("alert_thresholds"),
+            cost_alert_amounts=data.validated_data.get("cost_alert_amounts"),
+        )
+        return Response(self._body(organization))

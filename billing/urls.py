@@ -12,6 +12,7 @@ urlpatterns = [
     path("billing/plans/", apis.PlanListApi.as_view(), name="billing-plans"),
     path("billing/subscription/", apis.SubscriptionChangeApi.as_view(), name="billing-subscription"),
     path("organization/budgets/", budget_apis.BudgetApi.as_view(), name="organization-budgets"),
+    path("organization/alerts/", budget_apis.AlertSettingsApi.as_view(), name="organization-alerts"),
     path("signup/", apis.SignupApi.as_view(), name="signup"),
     path("billing/setup-intent/", payment_apis.SetupIntentApi.as_view(), name="billing-setup-intent"),
     path(

@@ -64,6 +64,8 @@ MATRIX: dict[tuple[str, str], tuple[bool, bool, bool, bool] | str] = {
     ("DELETE", "/api/v1/organization/members/<int:membership_id>/"): (True, True, False, False),
     ("DELETE", "/api/v1/organization/invitations/<int:invitation_id>/"): (True, True, False, False),
     ("GET", "/api/v1/organization/audit/"): (True, True, False, False),
+    ("GET", "/api/v1/organization/alerts/"): (True, True, False, True),
+    ("PUT", "/api/v1/organization/alerts/"): (True, True, False, False),
     ("GET", "/api/v1/organization/webhooks/"): (True, True, False, True),
     ("POST", "/api/v1/organization/webhooks/"): (True, True, False, False),
     ("DELETE", "/api/v1/organization/webhooks/<int:endpoint_id>/"): (True, True, False, False),

@@ -107,3 +107,20 @@ def test_beat_checks_the_organizations_with_recent_usage(alice: Tenant, charlie:
     _record(alice, 60)
     assert spend_alerts_check_recent() == 1
     assert not SpendAlert.objects.filter(organization=charlie.organization).exists()
+
+
+def test_the_organizations_alert_settings_through_the_api(alice: Tenant) -> None:
+    client = alice.client()
+    assert client.get("/api/v1/organization/alerts/").json()["alert_thresholds"] == [0.5, 0.8, 1.0]
+    updated = client.put(
+        "/api/v1/organization/alerts/",
+        {"alert_thresholds": [0.9, 0.25], "cost_alert_amounts": ["50", "10.5"]},
+        format="json",
+    )
+    assert updated.status_code == 200, updated.content
+    assert updated.json()["alert_thresholds"] == [0.25, 0.9]
+    assert updated.json()["cost_alert_amounts"] == ["10.50", "50.00"]
+    refused = client.put("/api/v1/organization/alerts/", {"alert_thresholds": [1.5]}, format="json")
+    assert refused.status_code == 400
+    alice.organization.refresh_from_db()
+    assert alice.organization.alert_thresholds == [0.25, 0.9]
