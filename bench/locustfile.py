@@ -32,8 +32,11 @@ _QUESTIONS = ["How do generators work?", "What do classes bundle?", "yield expre
 
 def _tenants() -> list[dict[str, Any]]:
     path = os.environ.get("LOADTEST_TENANTS", "var/loadtest-tenants.json")
-    with open(path) as file:
-        tenants = json.load(file)
+    try:
+        with open(path) as file:
+            tenants = json.load(file)
+    except FileNotFoundError:
+        raise SystemExit(f"No tenants at {path}: run bench/loadtest_setup.py --url <server> first") from None
     if not tenants:
         raise RuntimeError(f"{path} lists no tenant: run bench/loadtest_setup.py first")
     return list(tenants)
