@@ -148,6 +148,7 @@ class Invoice(models.Model):
     )
 
     stripe_invoice_id = models.CharField(max_length=64, blank=True)
+    hosted_invoice_url = models.URLField(max_length=500, blank=True, help_text="Stripe's page to pay it.")
     stripe_synced_at = models.DateTimeField(null=True, blank=True)
 
     created_at = models.DateTimeField(auto_now_add=True)

@@ -42,6 +42,7 @@ class InvoiceSerializer(serializers.Serializer):
     finalized_at = serializers.DateTimeField(allow_null=True)
     paid_at = serializers.DateTimeField(allow_null=True)
     past_due_since = serializers.DateTimeField(allow_null=True)
+    hosted_invoice_url = serializers.CharField(help_text="Stripe's page to pay the invoice; empty when none.")
 
     def get_object(self, invoice: Any) -> str:
         return "invoice"

@@ -139,9 +139,13 @@ def invoice_push(*, invoice: Invoice) -> str:
     remote = client.v1.invoices.retrieve(invoice.stripe_invoice_id)
     if remote.status == "draft":
         # auto_advance: Stripe attempts the payment and reports it by webhook.
-        client.v1.invoices.finalize_invoice(invoice.stripe_invoice_id, params={"auto_advance": True})
+        remote = client.v1.invoices.finalize_invoice(invoice.stripe_invoice_id, params={"auto_advance": True})
+    # Stripe's own page for the invoice (to pay it by hand); stand-ins may have none.
+    invoice.hosted_invoice_url = str(remote.to_dict().get("hosted_invoice_url") or "")
     invoice.stripe_synced_at = timezone.now()
-    Invoice.objects.filter(pk=invoice.pk).update(stripe_synced_at=invoice.stripe_synced_at)
+    Invoice.objects.filter(pk=invoice.pk).update(
+        stripe_synced_at=invoice.stripe_synced_at, hosted_invoice_url=invoice.hosted_invoice_url
+    )
     return invoice.stripe_invoice_id
 
 

@@ -122,3 +122,13 @@ def test_without_stripe_card_payments_are_a_clear_404(alice: Tenant) -> None:
     response = alice.client().post("/api/v1/billing/setup-intent/", format="json")
     assert_error_shape(response, status=404, code="payments_unavailable")
     assert alice.client().get("/api/v1/billing/payment-methods/").json()["data"] == []
+
+
+def test_an_invoice_shows_stripes_page_to_pay_it_when_there_is_one(alice: Tenant, pro_plan: Plan) -> None:
+    invoice = _bill_october(alice, pro_plan)  # Stripe off: no page
+    assert alice.client().get("/api/v1/billing/invoices/").json()["data"][0]["hosted_invoice_url"] == ""
+    Invoice.objects.filter(pk=invoice.pk).update(
+        hosted_invoice_url="https://invoice.stripe.com/i/acct_1/test_x"
+    )
+    listed = alice.client().get("/api/v1/billing/invoices/").json()["data"][0]
+    assert listed["hosted_invoice_url"] == "https://invoice.stripe.com/i/acct_1/test_x"
