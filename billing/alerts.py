@@ -30,7 +30,7 @@ from accounts.models import APIKey, EndUserBudget, Membership, Organization
 from billing.models import SpendAlert
 from billing.selectors import invoice_estimate
 from billing.services import organization_update_locked
-from common.errors import APIError
+from common.errors import APIError, NotFound
 from usage.models import UsageRecord
 from usage.periods import period_key, period_start
 from usage.selectors import tokens_used_since
@@ -317,3 +317,51 @@ def alert_settings_update(
 
 def spend_alert_list(*, organization: Organization) -> Any:
     return SpendAlert.objects.filter(organization=organization)
+
+
+@transaction.atomic
+def budget_alert_thresholds_set(
+    *,
+    organization: Organization,
+    actor: Actor,
+    target: str,
+    target_id: int | None,
+    end_user: str | None,
+    thresholds: list[Any] | None,
+) -> None:
+    """One budget's own thresholds (None: its organization's again)."""
+    value = _fractions(thresholds) if thresholds is not None else None
+    subject: Any
+    if target == "organization":
+        if value is None:
+            raise APIError(
+                "The organization's thresholds are the default: give some.", param="alert_thresholds"
+            )
+        alert_settings_update(organization=organization, actor=actor, alert_thresholds=value)
+        return
+    if target == "member":
+        subject = Membership.objects.filter(organization=organization, pk=target_id or 0).first()
+    elif target == "api_key":
+        subject = APIKey.objects.filter(organization=organization, pk=target_id or 0).first()
+    elif end_user is not None:
+        subject = EndUserBudget.objects.filter(organization=organization, end_user=end_user).first()
+        if subject is None:
+            raise APIError("Set this end user's own budget first.", param="alert_thresholds")
+    else:
+        raise APIError(
+            "The default end-user budget uses the organization's thresholds (organization/alerts/).",
+            param="alert_thresholds",
+        )
+    if subject is None:
+        raise NotFound(f"No such {target.replace('_', ' ')}.", param="id")
+    changes = field_changes(instance=subject, fields={"alert_thresholds": value})
+    if changes:
+        subject.alert_thresholds = value
+        subject.save(update_fields=["alert_thresholds"])
+        audit_record(
+            organization=organization,
+            actor=actor,
+            action="budget.alerts_updated",
+            target=subject,
+            changes=changes,
+        )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+from django.db import transaction
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.request import Request
@@ -60,16 +61,27 @@ class BudgetApi(APIView):
         data = BudgetInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         fields = data.validated_data
-        entry = budget_update(
-            organization=auth_context(request).organization,
-            actor=actor_from_request(request),
-            target=fields["target"],
-            target_id=fields.get("id"),
-            end_user=fields.get("end_user"),
-            token_budget=fields["token_budget"],
-            budget_period=fields.get("budget_period"),
-            rate_limits={name: fields[name] for name in RATE_LIMITS if name in fields},
-        )
+        organization, actor = auth_context(request).organization, actor_from_request(request)
+        with transaction.atomic():
+            entry = budget_update(
+                organization=organization,
+                actor=actor,
+                target=fields["target"],
+                target_id=fields.get("id"),
+                end_user=fields.get("end_user"),
+                token_budget=fields["token_budget"],
+                budget_period=fields.get("budget_period"),
+                rate_limits={name: fields[name] for name in RATE_LIMITS if name in fields},
+            )
+            if "alert_thresholds" in fields:
+                alerts.budget_alert_thresholds_set(
+                    organization=organization,
+                    actor=actor,
+                    target=fields["target"],
+                    target_id=entry.id,
+                    end_user=fields.get("end_user"),
+                    thresholds=fields["alert_thresholds"],
+                )
         return Response(BudgetEntrySerializer(entry).data)
 
 

@@ -251,6 +251,14 @@ class BudgetInputSerializer(serializers.Serializer):
         max_value=2**31 - 1,
         help_text="organization and api_key.",
     )
+    alert_thresholds = serializers.ListField(
+        child=serializers.FloatField(min_value=0.01, max_value=1.0),
+        min_length=1,
+        max_length=10,
+        required=False,
+        allow_null=True,
+        help_text="Fractions of this budget that send a spend alert; null: the organization's.",
+    )
     tokens_per_minute = serializers.IntegerField(
         required=False,
         allow_null=True,

@@ -124,3 +124,15 @@ def test_the_organizations_alert_settings_through_the_api(alice: Tenant) -> None
     assert refused.status_code == 400
     alice.organization.refresh_from_db()
     assert alice.organization.alert_thresholds == [0.25, 0.9]
+
+
+def test_a_keys_own_thresholds_through_the_budgets_api(alice: Tenant) -> None:
+    body = {"target": "api_key", "id": alice.api_key.pk, "token_budget": 1000, "alert_thresholds": [0.95]}
+    response = alice.client().put("/api/v1/organization/budgets/", body, format="json")
+    assert response.status_code == 200, response.content
+    alice.api_key.refresh_from_db()
+    assert alice.api_key.alert_thresholds == [0.95]
+    body["alert_thresholds"] = None
+    alice.client().put("/api/v1/organization/budgets/", body, format="json")
+    alice.api_key.refresh_from_db()
+    assert alice.api_key.alert_thresholds is None  # the organization's again
