@@ -167,7 +167,11 @@ def invoice_collect(*, invoice: Invoice) -> Invoice:
     try:
         paid = client.v1.invoices.pay(invoice.stripe_invoice_id)
     except stripe.CardError:
-        return invoice_payment_failed(invoice=invoice, failed_at=now, now=now)
+        remote = client.v1.invoices.retrieve(invoice.stripe_invoice_id)
+        attempt = remote.to_dict().get("attempt_count")
+        return invoice_payment_failed(
+            invoice=invoice, failed_at=now, now=now, attempt=attempt if isinstance(attempt, int) else None
+        )
     except stripe.InvalidRequestError:
         remote = client.v1.invoices.retrieve(invoice.stripe_invoice_id)
         if remote.status == "paid":  # paid meanwhile (Stripe's own attempt)

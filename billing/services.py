@@ -466,7 +466,9 @@ def invoice_mark_paid(*, invoice: Invoice, now: datetime | None = None, tell_str
     return locked
 
 
-def invoice_payment_failed(*, invoice: Invoice, failed_at: datetime, now: datetime | None = None) -> Invoice:
+def invoice_payment_failed(
+    *, invoice: Invoice, failed_at: datetime, now: datetime | None = None, attempt: int | None = None
+) -> Invoice:
     """Records a failed payment attempt: the invoice, and its organization, are past due from
     the first failure. A failure reported for an invoice already paid changes nothing."""
     now = now or timezone.now()
@@ -474,7 +476,12 @@ def invoice_payment_failed(*, invoice: Invoice, failed_at: datetime, now: dateti
         locked = Invoice.objects.select_for_update().get(pk=invoice.pk)
         if locked.status != Invoice.Status.OPEN:
             return locked
-        locked.payment_failures += 1
+        # Stripe numbers its attempts: the charge's own answer and Stripe's webhook about the
+        # same attempt count it once.
+        failures = max(locked.payment_failures, attempt) if attempt else locked.payment_failures + 1
+        if failures == locked.payment_failures and locked.past_due_since is not None:
+            return locked
+        locked.payment_failures = failures
         if locked.past_due_since is None:
             locked.past_due_since = failed_at
         locked.save()
@@ -533,7 +540,9 @@ def stripe_webhook_receive(*, payload: bytes, signature: str | None) -> WebhookO
 
 def _stripe_event_apply(event: dict[str, Any]) -> tuple[Invoice | None, str]:
     event_type = event["type"]
-    if event_type not in ("invoice.paid", "invoice.payment_failed"):
+    # Stripe sends invoice.payment_succeeded beside invoice.paid for a charged invoice (stand-ins
+    # only the former); marking paid twice changes nothing.
+    if event_type not in ("invoice.paid", "invoice.payment_succeeded", "invoice.payment_failed"):
         return None, "ignored"
     try:
         stripe_invoice_id = str(event["data"]["object"]["id"])
@@ -548,9 +557,12 @@ def _stripe_event_apply(event: dict[str, Any]) -> tuple[Invoice | None, str]:
     if invoice is None:
         logger.warning("Stripe event %s names an unknown invoice %s", event["id"], stripe_invoice_id)
         return None, f"unknown invoice {stripe_invoice_id}"
-    if event_type == "invoice.paid":
+    if event_type in ("invoice.paid", "invoice.payment_succeeded"):
         invoice_mark_paid(invoice=invoice, tell_stripe=False)
         return invoice, "invoice paid"
     failed_at = datetime.fromtimestamp(created, tz=UTC)
-    invoice_payment_failed(invoice=invoice, failed_at=failed_at)
+    attempt = event["data"]["object"].get("attempt_count")
+    invoice_payment_failed(
+        invoice=invoice, failed_at=failed_at, attempt=attempt if isinstance(attempt, int) else None
+    )
     return invoice, "payment failed"

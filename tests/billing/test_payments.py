@@ -5,17 +5,26 @@ card pays it and reactivates the organization. Another tenant's setup intent is 
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from typing import Any
 
+import httpx
 import pytest
 import stripe
 
 from accounts.models import AuditEvent, Organization
-from billing.models import Invoice, Plan
+from billing.models import Invoice, Plan, StripeEvent
 from billing.periods import Period
-from billing.services import past_due_suspend, period_bill
-from tests.billing.conftest import at, october_usage, subscribe
+from billing.services import invoice_payment_failed, past_due_suspend, period_bill
+from tests.billing.conftest import (
+    WEBHOOK_SECRET,
+    at,
+    invoice_event,
+    october_usage,
+    signed_delivery,
+    subscribe,
+)
 from tests.conftest import Tenant, assert_error_shape
 
 pytestmark = pytest.mark.django_db
@@ -132,3 +141,60 @@ def test_an_invoice_shows_stripes_page_to_pay_it_when_there_is_one(alice: Tenant
     )
     listed = alice.client().get("/api/v1/billing/invoices/").json()["data"][0]
     assert listed["hosted_invoice_url"] == "https://invoice.stripe.com/i/acct_1/test_x"
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_stripes_own_webhooks_reach_a_running_server(
+    alice: Tenant,
+    pro_plan: Plan,
+    stripe_client: stripe.StripeClient,
+    localstripe_url: str,
+    start_web_server: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """localstripe told to send its events to the platform's webhook route, as Stripe is."""
+    monkeypatch.setenv("STRIPE_API_KEY", "sk_test_billing")
+    monkeypatch.setenv("STRIPE_API_BASE", localstripe_url)
+    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", WEBHOOK_SECRET)
+    base = start_web_server(workers=1, threads=8)
+    httpx.post(
+        f"{localstripe_url}/_config/webhooks/platform",
+        data={"url": f"{base}/api/v1/billing/stripe/webhook/", "secret": WEBHOOK_SECRET},
+        timeout=10,
+    ).raise_for_status()
+
+    def events(kind: str) -> list[StripeEvent]:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            found = list(StripeEvent.objects.filter(type=kind))
+            if found:
+                return found
+            time.sleep(0.2)
+        return []
+
+    _add_card(alice, stripe_client, DECLINED_ON_CHARGE)
+    invoice = _bill_october(alice, pro_plan)
+    assert invoice.status == Invoice.Status.OPEN and invoice.payment_failures == 1
+    # Stripe's events about it reach the running server and are recorded, once each.
+    assert [event.outcome for event in events("invoice.created")] == ["ignored"]
+
+    _add_card(alice, stripe_client, GOOD_CARD)  # collects the open invoice
+    [paid] = events("invoice.payment_succeeded")
+    assert paid.invoice_id == invoice.pk and paid.outcome == "invoice paid"
+    invoice.refresh_from_db()
+    assert invoice.status == Invoice.Status.PAID and invoice.payment_failures == 1
+
+
+def test_a_failed_attempt_told_by_the_charge_and_by_stripes_webhook_counts_once(
+    alice: Tenant, pro_plan: Plan
+) -> None:
+    invoice = _bill_october(alice, pro_plan)
+    Invoice.objects.filter(pk=invoice.pk).update(stripe_invoice_id="in_attempts", status=Invoice.Status.OPEN)
+    invoice_payment_failed(invoice=invoice, failed_at=at(2026, 11, 1, 3), attempt=1)  # the charge's answer
+    for attempt_count, expected in ((1, 1), (1, 1), (2, 2)):
+        event = invoice_event("invoice.payment_failed", "in_attempts")
+        event["data"]["object"]["attempt_count"] = attempt_count
+        assert signed_delivery(event).status_code == 200
+        invoice.refresh_from_db()
+        assert invoice.payment_failures == expected
