@@ -285,7 +285,7 @@ def _amounts(values: list[Any]) -> list[str]:
         raise APIError("Cost alerts are amounts of money.", param="cost_alert_amounts") from error
     if chosen and chosen[0] <= 0:
         raise APIError("Cost alerts are positive amounts.", param="cost_alert_amounts")
-    return [str(amount) for amount in chosen]
+    return [str(amount.quantize(Decimal("0.01"))) for amount in chosen]
 
 
 @transaction.atomic

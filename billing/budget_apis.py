@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any
 
+from django.core.validators import RegexValidator
 from django.db import transaction
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers
@@ -85,6 +85,13 @@ class BudgetApi(APIView):
         return Response(BudgetEntrySerializer(entry).data)
 
 
+# An amount of money with at most two decimals, as a string (the schema states the pattern).
+AMOUNT = RegexValidator(
+    r"^([1-9][0-9]{0,11}(\.[0-9]{1,2})?|0\.(0[1-9]|[1-9][0-9]?))$",
+    message="A positive amount such as 50 or 12.50.",
+)
+
+
 class AlertSettingsSerializer(serializers.Serializer):
     alert_thresholds = serializers.ListField(
         child=serializers.FloatField(min_value=0.01, max_value=1.0),
@@ -94,7 +101,7 @@ class AlertSettingsSerializer(serializers.Serializer):
         help_text="Fractions of each budget that send an alert (every budget without its own).",
     )
     cost_alert_amounts = serializers.ListField(
-        child=serializers.DecimalField(max_digits=14, decimal_places=2, min_value=Decimal("0.01")),
+        child=serializers.CharField(validators=[AMOUNT], max_length=15),
         max_length=10,
         required=False,
         help_text="Amounts of this period's cost, in the plan's currency, that send an alert.",
