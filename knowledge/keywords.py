@@ -4,8 +4,10 @@ PostgreSQL: a generated `tsvector` column on knowledge_chunk (`to_tsvector('simp
 with a GIN index, ranked BM25-like: each word's `ts_rank_cd` weighted by its rarity. SQLite (the embedded default): an FTS5 table
 (knowledge_chunk_fts, rowid = chunk id), ranked by BM25, which the services that write and
 delete chunks keep in step. Both are created by migration 0002; migration 0004 adds the same
-again by English stem (`to_tsvector('english', text)`, FTS5's porter tokenizer), see STEM_WEIGHT. The database is the truth here
-as well, so every process on every machine sees the same keyword index with nothing to sync.
+again by English stem (`to_tsvector('english', text)`, FTS5's porter tokenizer), see STEM_WEIGHT;
+migration 0005 adds each passage's section headings as a weighted field, see HEADING_WEIGHT. The
+database is the truth here as well, so every process on every machine sees the same keyword
+index with nothing to sync.
 
 The 'simple' configuration neither stems nor drops words, so identifiers and error codes stay
 whole: PostgreSQL parses `model_not_found` into the phrase model <-> not <-> found (and the query
@@ -35,6 +37,17 @@ FTS_TABLE = "knowledge_chunk_fts"
 # MRR@10 on both databases.
 STEM_WEIGHT = 2.0
 FTS_STEMS_TABLE = "knowledge_chunk_fts_stems"
+# A passage's section headings (Chunk.heading, migration 0005) are a field of their own, each word
+# found there weighing HEADING_WEIGHT times one found in the text: a question that names what a
+# section is about ("identity comparisons", "string literal concatenation") then finds the
+# section's passages, most of which never repeat its name. PostgreSQL stores the heading at
+# weight A and the text at D and gives ts_rank_cd the weights; FTS5's bm25() takes one per
+# column. Chosen on the even half of the Python reference question set and checked on the odd
+# half (BENCHMARKS.md): 1, 2, 4 and 8 tried.
+HEADING_WEIGHT = 8.0
+# ts_rank_cd's weights for D, C, B, A: D, the text, keeps its default (0.1), which _ONE_OCCURRENCE
+# assumes; it refuses a weight above 1, so HEADING_WEIGHT is at most 10 here.
+_POSTGRESQL_RANK_WEIGHTS = [0.1, 0.2, 0.4, 0.1 * HEADING_WEIGHT]
 _SQLITE_TABLES = (FTS_TABLE, FTS_STEMS_TABLE)
 # (text search configuration, generated column) pairs on PostgreSQL.
 _POSTGRESQL_INDEXES = (("simple", "search_vector"), ("english", "search_stems"))
@@ -146,7 +159,9 @@ SELECT {n} AS ranking, candidates.id,
        sum(words.weight * rank.value / (rank.value + %(one)s)) AS score
 FROM candidates
 JOIN words ON candidates.search_vector @@ words.query
-CROSS JOIN LATERAL (SELECT ts_rank_cd(candidates.search_vector, words.query, 1) AS value) AS rank
+CROSS JOIN LATERAL (
+    SELECT ts_rank_cd(%(rank_weights)s::float4[], candidates.search_vector, words.query, 1) AS value
+) AS rank
 GROUP BY candidates.id
 ORDER BY score DESC, candidates.id
 LIMIT %(k)s)
@@ -167,6 +182,7 @@ def _postgresql_search(
         "document_ids": list(document_ids or []),
         "limit": COMMON_WORD_PASSAGES,
         "one": _ONE_OCCURRENCE,
+        "rank_weights": _POSTGRESQL_RANK_WEIGHTS,
         "k": k,
     }
     parts = ", ".join(
@@ -226,7 +242,7 @@ def _sqlite_search(
     with connection.cursor() as cursor:
         cursor.execute(
             f"""
-            SELECT rowid, bm25({table}) AS rank FROM {table}
+            SELECT rowid, bm25({table}, 1.0, {HEADING_WEIGHT}) AS rank FROM {table}
             WHERE {table} MATCH %s AND organization_id = %s {scope}
             ORDER BY rank, rowid
             LIMIT %s
@@ -237,16 +253,17 @@ def _sqlite_search(
         return [KeywordHit(id=row[0], score=-float(row[1])) for row in cursor.fetchall()]
 
 
-def keyword_index_add(*, rows: Iterable[tuple[int, int, int, str]]) -> None:
-    """Indexes chunks given as (chunk id, organization id, document id, text). On PostgreSQL
-    the generated column already has; only SQLite's FTS5 table is written."""
+def keyword_index_add(*, rows: Iterable[tuple[int, int, int, str, str]]) -> None:
+    """Indexes chunks given as (chunk id, organization id, document id, text, heading). On
+    PostgreSQL the generated columns already have; only SQLite's FTS5 tables are written."""
     if connection.vendor != "sqlite":
         return
     rows = list(rows)
     with connection.cursor() as cursor:
         for table in _SQLITE_TABLES:
             cursor.executemany(
-                f"INSERT INTO {table} (rowid, organization_id, document_id, text) VALUES (%s, %s, %s, %s)",
+                f"INSERT INTO {table} (rowid, organization_id, document_id, text, heading) "
+                "VALUES (%s, %s, %s, %s, %s)",
                 rows,
             )
 

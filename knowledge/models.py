@@ -54,6 +54,12 @@ class Chunk(models.Model):
     document = models.ForeignKey(Document, on_delete=models.CASCADE, related_name="chunks")
     position = models.PositiveIntegerField()
     text = models.TextField()
+    heading = models.CharField(
+        max_length=300,
+        blank=True,
+        default="",
+        help_text="The section headings it sits under, outermost first.",
+    )
     start_char = models.PositiveIntegerField()
     end_char = models.PositiveIntegerField()
     token_count = models.PositiveSmallIntegerField()

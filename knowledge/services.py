@@ -29,6 +29,7 @@ from inference.services import (
 from knowledge.indexes import index_catch_up, index_change_record, index_rebuild, index_store, org_key
 from knowledge.keywords import keyword_index_add, keyword_index_remove, keyword_search
 from knowledge.lib.chunking import chunk_embedding_text, chunk_text
+from knowledge.lib.headings import Heading, heading_path, section_headings
 from knowledge.lib.index import IndexStoreError
 from knowledge.lib.packing import pack_passages
 from knowledge.lib.parsing import DocumentError, UnsupportedFormat, extract_text, sniff_format
@@ -241,11 +242,12 @@ def _ingest(document: Document) -> None:
             max_tokens=embedder.max_tokens,
             overlap_tokens=settings.KNOWLEDGE_CHUNK_OVERLAP_TOKENS,
         )
+        headings = section_headings(parsed.text)
     _chunks_delete(document)  # a previous attempt's chunks
     reservation = _ingestion_reserve(document, tokens=sum(piece.token_count for piece in pieces))
     try:
         with ingestion_stage("embed", document_id=document.pk):
-            _embed_and_index(document, pieces=pieces, title=title)
+            _embed_and_index(document, pieces=pieces, title=title, headings=headings)
     except BaseException:
         reservation.release(status="error")
         raise
@@ -282,7 +284,7 @@ def _ingestion_reserve(document: Document, *, tokens: int) -> Reservation:
         raise DocumentError(f"Not indexed: {exc.message}") from exc
 
 
-def _embed_and_index(document: Document, *, pieces: list[Any], title: str) -> None:
+def _embed_and_index(document: Document, *, pieces: list[Any], title: str, headings: list[Heading]) -> None:
     embedder = embedder_get()
     _set_status(document, Document.Status.EMBEDDING, chunks_total=len(pieces), chunks_embedded=0)
     batch = settings.KNOWLEDGE_EMBED_BATCH
@@ -299,11 +301,13 @@ def _embed_and_index(document: Document, *, pieces: list[Any], title: str) -> No
             if index + 1 < len(groups):
                 future = encoder.submit(embedder.embed, texts[index + 1], batch_size=batch)
             done += len(group)
-            _write_chunks(document, group, embedded, done)
+            _write_chunks(document, group, embedded, done, headings)
     # The vectors reach the indexes from the database once the document is indexed (`_ingest`).
 
 
-def _write_chunks(document: Document, group: list[Any], embedded: np.ndarray, done: int) -> list[int]:
+def _write_chunks(
+    document: Document, group: list[Any], embedded: np.ndarray, done: int, headings: list[Heading]
+) -> list[int]:
     created = Chunk.objects.bulk_create(
         [
             Chunk(
@@ -311,6 +315,7 @@ def _write_chunks(document: Document, group: list[Any], embedded: np.ndarray, do
                 document_id=document.pk,
                 position=c.position,
                 text=c.text,
+                heading=heading_path(headings, start_char=c.start_char),
                 start_char=c.start_char,
                 end_char=c.end_char,
                 token_count=c.token_count,
@@ -320,7 +325,10 @@ def _write_chunks(document: Document, group: list[Any], embedded: np.ndarray, do
         ]
     )
     keyword_index_add(
-        rows=[(chunk.pk, chunk.organization_id, chunk.document_id, chunk.text) for chunk in created]
+        rows=[
+            (chunk.pk, chunk.organization_id, chunk.document_id, chunk.text, chunk.heading)
+            for chunk in created
+        ]
     )
     Document.objects.filter(pk=document.pk).update(chunks_embedded=done, heartbeat_at=timezone.now())
     return [chunk.pk for chunk in created]

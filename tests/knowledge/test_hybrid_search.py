@@ -207,3 +207,43 @@ def test_on_postgresql_common_words_rank_but_do_not_make_candidates(
 def test_any_query_text_is_searched_not_parsed(alice: Tenant, library, query: str) -> None:
     for mode in MODES:
         assert isinstance(_search(alice, query, mode=mode), list)
+
+
+# A section long enough for several passages: only the first repeats the heading, which names
+# what the question asks about; the rest of the section never says it again.
+ROTATION_STEPS = " ".join(
+    f"Step {n}: copy the new pair to host {n}, check its fingerprint against the ticket, "
+    f"then reload the proxy on host {n} and watch its error log for a minute."
+    for n in range(1, 25)
+)
+HANDBOOK = f"""# Operations handbook
+
+## Certificate rotation
+
+{ROTATION_STEPS}
+
+## Log retention
+
+Logs are kept for thirty days, then compressed and moved to cold storage.
+"""
+
+
+def test_a_passage_under_a_heading_that_names_the_asked_term_ranks_first(
+    alice: Tenant, django_capture_on_commit_callbacks
+) -> None:
+    _upload(alice, "Operations handbook", HANDBOOK, django_capture_on_commit_callbacks)
+    _upload(
+        alice,
+        "Garden club",
+        "Members who finish the pruning course get a certificate; the rotation of plots is drawn by lot.",
+        django_capture_on_commit_callbacks,
+    )
+    for mode in ("keyword", "hybrid"):
+        hits = _search(alice, "certificate rotation steps for the last hosts", mode=mode, top_k=10)
+        later = [
+            hit for hit in hits if hit["title"] == "Operations handbook" and "rotation" not in hit["text"]
+        ]
+        assert later, mode  # passages of the section that do not say "rotation" are found by its heading
+        titles = [hit["title"] for hit in hits]
+        assert titles.index("Operations handbook") == 0, (mode, titles)
+        assert hits.index(later[0]) < titles.index("Garden club"), (mode, titles)
