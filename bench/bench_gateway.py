@@ -76,14 +76,13 @@ def _env(upstream: str) -> dict[str, str]:
 
 
 def _manage(env: dict[str, str], *args: str) -> str:
-    return subprocess.run(
-        [str(BIN / "python"), "manage.py", *args],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
+    done = subprocess.run(
+        [str(BIN / "python"), "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        # The command's own error, not only its exit status.
+        raise SystemExit(f"manage.py {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return done.stdout
 
 
 def _prepare_database(env: dict[str, str]) -> str:
