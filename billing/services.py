@@ -21,6 +21,7 @@ from billing.models import Invoice, InvoiceLine, Plan, PlanModelPrice, StripeEve
 from billing.periods import Period, today_utc
 from billing.selectors import period_price, plan_is_in_use, subscription_in_force, subscription_pending
 from common.errors import APIError
+from common.progress import progress
 from webhooks.services import webhook_emit
 
 logger = logging.getLogger(__name__)
@@ -391,10 +392,11 @@ def period_bill(
     organization: Organization | None = None,
     send: bool = True,
     now: datetime | None = None,
+    show_progress: bool = False,
 ) -> BillingRun:
     """Builds (and by default sends) the period's invoice of every organization that had a
     plan in it, or of one. A Stripe failure of one organization does not stop the others; it
-    is reported, and running again resumes it."""
+    is reported, and running again resumes it. `show_progress`: the `bill` command's bar."""
     now = now or timezone.now()
     if now < period.ends_at:
         raise BillingError(f"The period {period} is not over yet.", param="period")
@@ -404,7 +406,10 @@ def period_bill(
     if organization is not None:
         organizations = organizations.filter(pk=organization.pk)
     run = BillingRun(period=period)
-    for each in organizations:
+    walked = (
+        progress(organizations, total=organizations.count(), label="bill") if show_progress else organizations
+    )
+    for each in walked:
         invoice = invoice_build(organization=each, period=period, now=now)
         if invoice is None:
             continue

@@ -34,7 +34,9 @@ class Command(BaseCommand):
             if organization is None:
                 raise CommandError(f"No organization with slug {options['org']}.")
         try:
-            run = period_bill(period=period, organization=organization, send=not options["draft"])
+            run = period_bill(
+                period=period, organization=organization, send=not options["draft"], show_progress=True
+            )
         except BillingError as exc:
             raise CommandError(exc.message) from exc
         for invoice in run.invoices:

@@ -8,6 +8,7 @@ from django.utils import timezone
 from accounts.selectors import organization_get_by_slug
 from billing.periods import Period
 from billing.reconciliation import organizations_with_usage, usage_reconcile
+from common.progress import progress
 from usage.services import get_ledger, usage_stream_flush
 
 
@@ -46,7 +47,7 @@ class Command(BaseCommand):
         self.stdout.write(
             f"{'organization':<24}{'period':<9}{'ledger':>12}{'records':>12}{'rollups':>12}{'invoiced':>12}"
         )
-        for organization in organizations:
+        for organization in progress(organizations, total=len(organizations), label="usage_reconcile"):
             result = usage_reconcile(organization=organization, period=period)
             self.stdout.write(
                 f"{organization.slug:<24}{period.key:<9}"

@@ -5,6 +5,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from accounts.models import Organization
+from common.progress import progress
 from knowledge.indexes import index_rebuild
 
 
@@ -20,6 +21,6 @@ class Command(BaseCommand):
             organizations = organizations.filter(slug=options["org"])
             if not organizations.exists():
                 raise CommandError(f"No organization with slug {options['org']}.")
-        for organization in organizations:
+        for organization in progress(organizations, total=organizations.count(), label="rebuild_index"):
             count = index_rebuild(organization=organization)
             self.stdout.write(f"{organization.slug}: {count} vectors")
