@@ -64,7 +64,9 @@ def tracing_configure(*, exporter: SpanExporter | None = None, batch: bool = Tru
 
 
 def tracing_instrument() -> None:
-    """Django, Celery, Redis, psycopg, requests and httpx (each once)."""
+    """Django, Celery, Redis, psycopg, requests and httpx (each once), less those named in
+    `OTEL_PYTHON_DISABLED_INSTRUMENTATIONS` (comma-separated, as opentelemetry-instrument reads
+    it): the platform's own spans stay, and a busy web node can drop the per-call ones."""
     from opentelemetry.instrumentation.celery import CeleryInstrumentor
     from opentelemetry.instrumentation.django import DjangoInstrumentor
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
@@ -72,13 +74,23 @@ def tracing_instrument() -> None:
     from opentelemetry.instrumentation.redis import RedisInstrumentor
     from opentelemetry.instrumentation.requests import RequestsInstrumentor
 
+    disabled = {
+        name.strip().lower()
+        for name in os.environ.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "").split(",")
+    }
     # Django's must come before the middleware is loaded (it adds its own, outermost).
-    DjangoInstrumentor().instrument()
-    CeleryInstrumentor().instrument()
-    RedisInstrumentor().instrument()
-    PsycopgInstrumentor().instrument(enable_commenter=False)
-    RequestsInstrumentor().instrument()
-    HTTPXClientInstrumentor().instrument()
+    if "django" not in disabled:
+        DjangoInstrumentor().instrument()
+    if "celery" not in disabled:
+        CeleryInstrumentor().instrument()
+    if "redis" not in disabled:
+        RedisInstrumentor().instrument()
+    if "psycopg" not in disabled:
+        PsycopgInstrumentor().instrument(enable_commenter=False)
+    if "requests" not in disabled:
+        RequestsInstrumentor().instrument()
+    if "httpx" not in disabled:
+        HTTPXClientInstrumentor().instrument()
 
 
 def current_ids() -> tuple[str, str] | None:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -183,3 +185,25 @@ def test_a_job_is_one_trace_from_the_api_through_redis_to_the_worker(
     finally:
         worker.terminate()
         worker.wait(timeout=30)
+
+
+def test_an_operator_can_leave_out_instrumentations() -> None:
+    """OTEL_PYTHON_DISABLED_INSTRUMENTATIONS, as opentelemetry-instrument reads it (a fresh
+    process: instrumentation is once per process)."""
+    script = (
+        "import django, os; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'platform.settings.test'); "
+        "django.setup(); from common.tracing import tracing_instrument; tracing_instrument(); "
+        "from opentelemetry.instrumentation.redis import RedisInstrumentor; "
+        "from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor; "
+        "from opentelemetry.instrumentation.django import DjangoInstrumentor; "
+        "print(RedisInstrumentor().is_instrumented_by_opentelemetry, "
+        "PsycopgInstrumentor().is_instrumented_by_opentelemetry, "
+        "DjangoInstrumentor().is_instrumented_by_opentelemetry)"
+    )
+    env = {**os.environ, "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "redis, psycopg"}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["False", "False", "True"]

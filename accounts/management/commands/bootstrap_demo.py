@@ -37,7 +37,11 @@ class Command(BaseCommand):
         lines = [
             "",
             f"Demo organization '{organization.slug}', owner {user.email}"
-            + (f" (password {password}; console at {base}/console/, admin at {base}/admin/)" if password else ""),
+            + (
+                f" (password {password}; console at {base}/console/, admin at {base}/admin/)"
+                if password
+                else ""
+            ),
             f"API key (shown once): {secret}",
             "Try it:",
             f"  curl -s {base}/api/v1/generate/ -H 'Authorization: Bearer {secret}' "
