@@ -9,11 +9,12 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods, require_POST
-from rest_framework_simplejwt.tokens import RefreshToken
+from rest_framework_simplejwt.settings import api_settings
 
 from accounts.audit import actor_anonymous
 from accounts.invitations import invitation_accept, invitation_get_pending
 from accounts.models import User
+from accounts.serializers import jwt_pair_for
 from accounts.throttling import SignInThrottled, client_ip, sign_in_attempt
 from billing.signup import (
     SignupFailed,
@@ -132,12 +133,9 @@ def switch_organization(request: HttpRequest, console: Console) -> HttpResponse:
 def api_token(request: HttpRequest, console: Console) -> JsonResponse:
     """A JWT access token for the signed-in member and organization: the console's scripts call
     the API with it, as any client would (the API never reads the session cookie)."""
-    refresh = RefreshToken.for_user(console.user)
-    refresh["org"] = console.organization.pk
-    refresh["role"] = console.membership.role
-    access = refresh.access_token
-    lifetime = int(access.lifetime.total_seconds())
-    return JsonResponse({"access": str(access), "expires_in": lifetime})
+    access = jwt_pair_for(membership=console.membership)["access"]
+    lifetime = int(api_settings.ACCESS_TOKEN_LIFETIME.total_seconds())
+    return JsonResponse({"access": access, "expires_in": lifetime})
 
 
 @require_http_methods(["GET", "POST"])
