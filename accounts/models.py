@@ -4,6 +4,7 @@ from typing import Any, ClassVar
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, BaseUserManager, PermissionsMixin
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -19,6 +20,14 @@ class BudgetPeriod(models.TextChoices):
 
 def default_alert_thresholds() -> list[float]:
     return [0.5, 0.8, 1.0]
+
+
+def validate_model_names(value: Any) -> None:
+    """A list of model names, as clients send them in `model`."""
+    if not isinstance(value, list) or not all(
+        isinstance(name, str) and name.strip() and len(name) <= 256 for name in value
+    ):
+        raise ValidationError("A list of model names is required.")
 
 
 class UserManager(BaseUserManager["User"]):
@@ -84,6 +93,13 @@ class Organization(models.Model):
     )
     ingestion_token_quota = models.PositiveBigIntegerField(
         null=True, blank=True, help_text="Tokens embedded by document ingestion per month."
+    )
+    allowed_models = models.JSONField(
+        default=list,
+        blank=True,
+        validators=[validate_model_names],
+        help_text="The models (public names) this organization may use; empty: every model served. "
+        "Set from the plan when it takes effect.",
     )
 
     # Spend alerts: the fractions of a token budget that send an alert (this organization's

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -45,6 +46,7 @@ CACHED_FIELDS: dict[type[models.Model], tuple[str, ...]] = {
         "end_user_budget_period",
         "search_requests_per_minute",
         "ingestion_token_quota",
+        "allowed_models",
     ),
     User: ("id", "email", "full_name", "is_active"),
     Membership: ("id", "user_id", "organization_id", "role", "token_budget", "budget_period"),
@@ -140,3 +142,11 @@ def api_key_prefixes(*, organization_id: int | None = None, user_id: int | None 
     if user_id is not None:
         keys = keys.filter(user_id=user_id)
     return list(keys.values_list("prefix", flat=True))
+
+
+def organization_model_allowed(*, organization: Organization) -> Callable[[str], bool]:
+    """Whether the organization may use a model (by its public name): those its plan lists, or
+    every one when it lists none."""
+    if not organization.allowed_models:
+        return lambda name: True
+    return frozenset(organization.allowed_models).__contains__

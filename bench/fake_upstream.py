@@ -9,16 +9,24 @@ Behaviour is chosen by the request:
   `stream_options.include_usage` is set;
 * a prompt or last message that contains `FAIL_500` answers 500; `SLOW_STREAM` sleeps 50 ms
   between chunks (`VERY_SLOW_STREAM`: 100 ms); `CUT_STREAM` drops the connection after 5 chunks (an upstream dying mid-way).
+
+Behaviour of the whole server, for the router's tests: `FAKE_UPSTREAM_FAIL=500` answers every
+completion 500; `FAKE_UPSTREAM_FAIL=cut` drops every completion's connection before its first
+byte of content (a stream's headers are sent first). GET /v1/stats counts the completions asked.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from typing import Any
 
 Scope = dict[str, Any]
+
+_FAIL = os.environ.get("FAKE_UPSTREAM_FAIL", "")
+_asked = 0
 
 _MODELS = json.dumps(
     {"object": "list", "data": [{"id": "fake-model", "object": "model", "created": 0, "owned_by": "bench"}]}
@@ -63,16 +71,31 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+    global _asked
     path = scope["path"]
     if scope["method"] == "GET" and path.endswith("/models"):
         await _send_json(send, 200, _MODELS)
+        return
+    if scope["method"] == "GET" and path.endswith("/stats"):
+        await _send_json(send, 200, json.dumps({"completions": _asked}).encode())
         return
     if scope["method"] != "POST" or not path.endswith(("/chat/completions", "/completions")):
         await _send_json(send, 404, b'{"error": {"message": "not found", "type": "invalid_request_error"}}')
         return
     request = json.loads(await _read_body(receive))
+    _asked += 1
     prompt = _prompt_text(request)
-    if "FAIL_500" in prompt:
+    if _FAIL == "cut":
+        if request.get("stream"):
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream")],
+                }
+            )
+        raise ConnectionAbortedError("the upstream died before answering (FAKE_UPSTREAM_FAIL=cut)")
+    if "FAIL_500" in prompt or _FAIL == "500":
         await _send_json(send, 500, b'{"error": {"message": "upstream exploded", "type": "server_error"}}')
         return
     chat = path.endswith("/chat/completions")

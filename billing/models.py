@@ -6,7 +6,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
-from accounts.models import Organization
+from accounts.models import Organization, validate_model_names
 from billing.periods import Period
 
 
@@ -51,6 +51,12 @@ class Plan(models.Model):
     search_requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
     ingestion_token_quota = models.PositiveBigIntegerField(
         null=True, blank=True, help_text="Tokens embedded by document ingestion per month."
+    )
+    allowed_models = models.JSONField(
+        default=list,
+        blank=True,
+        validators=[validate_model_names],
+        help_text="The models (public names) the plan includes; empty: every model served.",
     )
 
     created_at = models.DateTimeField(auto_now_add=True)

@@ -132,6 +132,7 @@ def _plan_limits_apply(*, organization: Organization, plan: Plan) -> dict[str, l
         "quota_period": BudgetPeriod.MONTH,
         "search_requests_per_minute": plan.search_requests_per_minute,
         "ingestion_token_quota": plan.ingestion_token_quota,
+        "allowed_models": list(plan.allowed_models),
     }
     with transaction.atomic():
         current = Organization.objects.select_for_update().get(pk=organization.pk)

@@ -43,7 +43,7 @@ from billing.stripe_sync import stripe_enabled
 from common.errors import APIError
 from console.context import Console, console_page
 from console.forms import InviteForm, KeyCreateForm, PlanForm, RoleForm, RotateForm
-from inference.services import handler_get
+from inference.services import router_get
 from usage.selectors import usage_report, usage_report_csv
 from usage.serializers import UsageQuerySerializer
 from usage.services import budget_views
@@ -90,7 +90,7 @@ def overview(request: HttpRequest, console: Console) -> HttpResponse:
         estimate=estimate,
         budgets=budgets,
         organization=console.organization,
-        engine=handler_get().status(),
+        engine=router_get().default_status(),
     )
 
 

@@ -18,8 +18,8 @@ from inference.serializers import GenerateInputSerializer, GenerateOutputSeriali
 from inference.services import (
     generation_run,
     generation_stream_open,
-    handler_get,
     model_name,
+    router_get,
 )
 from inference.streaming import generate_events, sse_response
 from usage.admission import RouteCost
@@ -42,12 +42,27 @@ class StatusApi(APIView):
                 "queued_requests": serializers.IntegerField(),
                 "max_batch_size": serializers.IntegerField(),
                 "context_length": serializers.IntegerField(allow_null=True),
+                "models": inline_serializer(
+                    "ModelStatus",
+                    {
+                        "name": serializers.CharField(),
+                        "aliases": serializers.ListField(child=serializers.CharField()),
+                        "context_length": serializers.IntegerField(allow_null=True),
+                        "fallbacks": serializers.ListField(child=serializers.CharField()),
+                        "deployments": serializers.IntegerField(),
+                        "available_deployments": serializers.IntegerField(),
+                    },
+                    many=True,
+                ),
             },
         ),
-        description="Whether the model is loading, ready or failed; which model, backend and device; how busy.",
+        description="Whether the default model is loading, ready or failed; which model, backend and "
+        "device; how busy. `models`: every model served, with how many of its deployments take "
+        "requests now.",
     )
     def get(self, request: Request) -> Response:
-        return Response(vars(handler_get().status()))
+        router = router_get()
+        return Response({**vars(router.default_status()), "models": router.status()})
 
 
 class GenerateApi(APIView):

@@ -1,8 +1,29 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.apps import AppConfig
+from django.conf import settings
+from django.core import checks
 
 
 class InferenceConfig(AppConfig):
     name = "inference"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        checks.register(registry_file_check)
+
+
+def registry_file_check(**kwargs: Any) -> list[checks.CheckMessage]:
+    """A registry file with a mistake fails `manage.py check` (and the deploy that runs it),
+    not the first request."""
+    if not settings.LLM_MODELS_FILE:
+        return []
+    from inference.engine.registry import RegistryConfigError, registry_config_load
+
+    try:
+        registry_config_load(settings.LLM_MODELS_FILE, root=settings.BASE_DIR)
+    except RegistryConfigError as exc:
+        return [checks.Error(f"LLM_MODELS_FILE: {exc}", id="inference.E001")]
+    return []

@@ -36,7 +36,7 @@ def job_create(
 ) -> GenerationJob:
     """Queues a generation. Its budget is reserved now (429 at once when it does not fit) and
     held for as long as the job may wait for a worker (`JOB_MAX_WAIT_SECONDS`)."""
-    checked = generation_check(spec=spec, request_id=request_id)
+    checked = generation_check(organization=context.organization, spec=spec, request_id=request_id)
     amount = checked.prompt_tokens + spec.max_tokens
     reservation = quota_hold(
         admitted=admitted,
@@ -164,7 +164,7 @@ def _job_generate(job: GenerationJob, spec: GenerationSpec) -> GenerationOutcome
             reservation.cancel()
         raise
     try:
-        checked = generation_check(spec=spec, request_id=job.request_id)
+        checked = generation_check(organization=context.organization, spec=spec, request_id=job.request_id)
     except BaseException:
         if reservation is not None:
             reservation.release(status="error")

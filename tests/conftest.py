@@ -159,12 +159,12 @@ def openai_backend(settings: Any, fake_upstream: str) -> Iterator[str]:
     settings.LLM_MODEL = "fake-model"
     settings.LLM_BASE_URL = fake_upstream
     settings.LLM_MAX_RETRIES = 0
-    previous = inference_services._handler
-    inference_services._handler = None
+    previous = inference_services._router
+    inference_services._router = None
     yield fake_upstream
-    if inference_services._handler is not None:
-        inference_services._handler.shutdown()
-    inference_services._handler = previous
+    if inference_services._router is not None:
+        inference_services._router.shutdown()
+    inference_services._router = previous
 
 
 def server_env(**extra: str) -> dict[str, str]:
@@ -182,7 +182,14 @@ def server_env(**extra: str) -> dict[str, str]:
         )
     else:
         env["DATABASE_URL"] = f"sqlite:///{connection.settings_dict['NAME']}"
-    for name in ("LLM_BACKEND", "LLM_MODEL", "LLM_BASE_URL", "LLM_MAX_RETRIES", "KNOWLEDGE_INDEX_DIR"):
+    for name in (
+        "LLM_BACKEND",
+        "LLM_MODEL",
+        "LLM_BASE_URL",
+        "LLM_MAX_RETRIES",
+        "LLM_MODELS_FILE",
+        "KNOWLEDGE_INDEX_DIR",
+    ):
         env[name] = str(getattr(django_settings, name))
     return {**env, **extra}
 

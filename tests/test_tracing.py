@@ -77,12 +77,12 @@ def local_engine(settings: Any, tmp_path_factory: pytest.TempPathFactory) -> Ite
     settings.LLM_MODEL = str(build_tiny_model(tmp_path_factory.mktemp("model") / "tiny"))
     settings.LLM_TORCH_THREADS = 1
     settings.LLM_DEVICE = "cpu"
-    previous = inference_services._handler
-    inference_services._handler = None
+    previous = inference_services._router
+    inference_services._router = None
     yield
-    if inference_services._handler is not None:
-        inference_services._handler.shutdown()
-    inference_services._handler = previous
+    if inference_services._router is not None:
+        inference_services._router.shutdown()
+    inference_services._router = previous
 
 
 def _trace_id(span: ReadableSpan) -> str:

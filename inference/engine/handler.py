@@ -70,6 +70,9 @@ class Backend(Protocol):
 
     def shutdown(self) -> None: ...
 
+    def probe(self) -> bool:
+        """Whether the model answers now (a health check)."""
+
 
 class LLMHandler:
     """Thread-safe facade over one backend, loaded lazily in a background thread.
@@ -135,6 +138,14 @@ class LLMHandler:
             return None
         own = backend.context_length()
         return own if own is not None else self._config.context_length
+
+    def probe(self) -> bool:
+        """A health check that never waits for a model to load: False while it loads or after
+        its loading failed, else the backend's own check."""
+        self.warm_up()
+        with self._lock:
+            backend = self._backend
+        return backend is not None and backend.probe()
 
     def shutdown(self) -> None:
         """Stop the backend; waiting and running requests fail with EngineUnavailable. A later

@@ -215,6 +215,19 @@ class Client:
             return response
         raise AssertionError("unreachable")
 
+    def get_status(self, path: str, *, timeout: float) -> int:
+        """GETs `path` on a connection of its own and answers the status (health checks)."""
+        factory = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+        connection = factory(self._host, self._port, timeout=timeout)
+        try:
+            headers = {k: v for k, v in self._headers.items() if k != "Content-Type"}
+            connection.request("GET", self._prefix + path, headers=headers)
+            response = connection.getresponse()
+            response.read()
+            return response.status
+        finally:
+            connection.close()
+
     def _open(self) -> _Connection:
         port = self._port or (443 if self._https else 80)
         return _Connection(self._host, port, tls=self._tls, timeout=self._timeout)

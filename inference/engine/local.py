@@ -202,6 +202,10 @@ class LocalBackend:
             self._cv.notify()
         self._thread.join()
 
+    def probe(self) -> bool:
+        """Loaded and its scheduler running."""
+        return not self._stopping and self._thread.is_alive()
+
     def _retire(self, seq: SequenceState) -> None:
         """Forget a finished, failed or cancelled sequence, so that it stops counting as a load."""
         with self._cv:

@@ -24,6 +24,9 @@ from inference.engine.types import (
 # The OpenTelemetry API only: a no-op unless the serving layer installed the SDK.
 _tracer = trace.get_tracer("inference.engine")
 
+# A health check's limit: a server that needs longer is not back yet.
+_PROBE_TIMEOUT_S = 2.0
+
 
 class OpenAIBackend:
     kind = "openai"
@@ -126,6 +129,13 @@ class OpenAIBackend:
 
     def shutdown(self) -> None:
         self._client.close()
+
+    def probe(self) -> bool:
+        """GET /models answers 2xx (every OpenAI-compatible server has it)."""
+        try:
+            return 200 <= self._client.get_status("/models", timeout=_PROBE_TIMEOUT_S) < 300
+        except http.TransportErrors:
+            return False
 
     def _send(self, request: GenerationRequest, *, stream: bool) -> http.AnyResponse:
         """POST the request, retrying connection failures and 5xx answers with exponential

@@ -341,6 +341,10 @@ CELERY_BEAT_SCHEDULE = {
 }
 
 # Inference. The default model is the small one the repository trains and ships.
+# Several models, each on one or more servers, with failover: a registry file (YAML or TOML,
+# inference/engine/registry.py); it replaces the single model the LLM_* settings below describe
+# (the engine settings — device, batch size, timeouts, retries — still apply to its deployments).
+LLM_MODELS_FILE = env.str("LLM_MODELS_FILE", default="")
 LLM_BACKEND = env.str("LLM_BACKEND", default="local")
 LLM_MODEL = env.str("LLM_MODEL", default=str(BASE_DIR / "inference" / "default_model"))
 LLM_SERVED_MODEL_NAME = env.str("LLM_SERVED_MODEL_NAME", default="")

@@ -87,7 +87,7 @@ def test_gateway_reaches_the_service_with_the_openai_backend(
     from inference import services
 
     settings.LLM_BACKEND, settings.LLM_MODEL, settings.LLM_BASE_URL = "openai", "tiny", inference_service
-    previous, services._handler = services._handler, None
+    previous, services._router = services._router, None
     try:
         response = alice.client().post(
             "/api/v1/generate/", {"prompt": "hello", "max_tokens": 3, "temperature": 0}, format="json"
@@ -96,7 +96,7 @@ def test_gateway_reaches_the_service_with_the_openai_backend(
         assert response.json()["meta"]["model"] == "tiny"
         assert response.json()["meta"]["completion_tokens"] <= 3
     finally:
-        services._handler = previous
+        services._router = previous
 
 
 def test_the_service_exports_its_engine_metrics(inference_service: str) -> None:
