@@ -143,6 +143,7 @@ class OrganizationAdmin(AuditedAdmin):
                     "end_user_budget_period",
                     "search_requests_per_minute",
                     "ingestion_token_quota",
+                    "allowed_models",
                 )
             },
         ),

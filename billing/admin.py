@@ -49,6 +49,7 @@ _LIMIT_FIELDS = (
     "token_quota",
     "search_requests_per_minute",
     "ingestion_token_quota",
+    "allowed_models",
 )
 
 

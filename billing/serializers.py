@@ -114,6 +114,9 @@ class PlanSerializer(serializers.Serializer):
     requests_per_minute = serializers.IntegerField(allow_null=True, help_text="Null: unlimited.")
     tokens_per_minute = serializers.IntegerField(allow_null=True, help_text="Null: unlimited.")
     token_quota = serializers.IntegerField(allow_null=True, help_text="Tokens per month; null: unlimited.")
+    allowed_models = serializers.ListField(
+        child=serializers.CharField(), help_text="The models the plan includes; empty: every model served."
+    )
 
     def get_object(self, plan: Any) -> str:
         return "plan"

@@ -53,6 +53,7 @@ def plan_create(
     token_quota: int | None = None,
     search_requests_per_minute: int | None = None,
     ingestion_token_quota: int | None = None,
+    allowed_models: list[str] | None = None,
     currency: str | None = None,
     public: bool = True,
 ) -> Plan:
@@ -72,6 +73,7 @@ def plan_create(
         token_quota=token_quota,
         search_requests_per_minute=search_requests_per_minute,
         ingestion_token_quota=ingestion_token_quota,
+        allowed_models=list(allowed_models or []),
     )
     if currency is not None:
         plan.currency = currency.lower()

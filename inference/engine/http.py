@@ -215,13 +215,15 @@ class Client:
             return response
         raise AssertionError("unreachable")
 
-    def get_status(self, path: str, *, timeout: float) -> int:
-        """GETs `path` on a connection of its own and answers the status (health checks)."""
+    def status_of(self, path: str, payload: dict[str, Any], *, timeout: float) -> int:
+        """POSTs on a connection of its own, with its own timeout, and answers the status only
+        (health checks)."""
         factory = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
         connection = factory(self._host, self._port, timeout=timeout)
         try:
-            headers = {k: v for k, v in self._headers.items() if k != "Content-Type"}
-            connection.request("GET", self._prefix + path, headers=headers)
+            connection.request(
+                "POST", self._prefix + path, body=json.dumps(payload).encode(), headers=self._headers
+            )
             response = connection.getresponse()
             response.read()
             return response.status

@@ -24,8 +24,8 @@ from inference.engine.types import (
 # The OpenTelemetry API only: a no-op unless the serving layer installed the SDK.
 _tracer = trace.get_tracer("inference.engine")
 
-# A health check's limit: a server that needs longer is not back yet.
-_PROBE_TIMEOUT_S = 2.0
+# A health check's limit: a server that needs longer for one token is not back yet.
+_PROBE_TIMEOUT_S = 5.0
 
 
 class OpenAIBackend:
@@ -131,11 +131,19 @@ class OpenAIBackend:
         self._client.close()
 
     def probe(self) -> bool:
-        """GET /models answers 2xx (every OpenAI-compatible server has it)."""
+        """A one-token completion is answered: a server that lists its models but fails its
+        completions is not back. A 4xx other than 429 (this upstream has no chat route, say)
+        still shows a server that answers."""
+        payload = {
+            "model": self._upstream_model,
+            "messages": [{"role": "user", "content": "ping"}],
+            "max_tokens": 1,
+        }
         try:
-            return 200 <= self._client.get_status("/models", timeout=_PROBE_TIMEOUT_S) < 300
+            status = self._client.status_of("/chat/completions", payload, timeout=_PROBE_TIMEOUT_S)
         except http.TransportErrors:
             return False
+        return status < 500 and status not in (408, 429)
 
     def _send(self, request: GenerationRequest, *, stream: bool) -> http.AnyResponse:
         """POST the request, retrying connection failures and 5xx answers with exponential

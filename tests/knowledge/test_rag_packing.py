@@ -35,7 +35,7 @@ def _rag(tenant: Tenant, **body: Any) -> Any:
     return tenant.client().post("/api/v1/rag/", {"prompt": QUESTION, **body}, format="json")
 
 
-def _prompt_tokens(sources: list[dict[str, Any]], *, max_tokens: int = 256) -> int:
+def _prompt_tokens(tenant: Tenant, sources: list[dict[str, Any]], *, max_tokens: int = 256) -> int:
     """The rag/ prompt holding `sources`, as the served model counts it (chat framing included)."""
     hits = [
         SearchHit(
@@ -49,7 +49,7 @@ def _prompt_tokens(sources: list[dict[str, Any]], *, max_tokens: int = 256) -> i
         for s in sources
     ]
     spec = GenerationSpec(prompt=rag_prompt(question=QUESTION, hits=hits), chat=True, max_tokens=max_tokens)
-    return prompt_tokens_count(spec=spec)
+    return prompt_tokens_count(organization=tenant.organization, spec=spec)
 
 
 def _stored_text(source: dict[str, Any]) -> str:
@@ -64,7 +64,7 @@ def test_default_model_answers_over_a_long_document_with_only_the_passages_it_ho
     retrieved = alice.client().post("/api/v1/search/", {"query": QUESTION, "top_k": 4}, format="json")
     ranked = retrieved.json()["data"]
     # The four best passages, whole, leave no room for max_tokens (the issue's 400).
-    assert _prompt_tokens(ranked) + 256 > 1024
+    assert _prompt_tokens(alice, ranked) + 256 > 1024
     response = _rag(alice)
     assert response.status_code == 200, response.content
     body = response.json()
@@ -81,9 +81,9 @@ def test_default_model_answers_over_a_long_document_with_only_the_passages_it_ho
         else:
             assert source["text"] == stored
     # What the model was given: the question in its template plus exactly the listed passages.
-    base = _prompt_tokens([])
+    base = _prompt_tokens(alice, [])
     used = sum(source["used_tokens"] for source in sources)
-    assert body["meta"]["prompt_tokens"] == _prompt_tokens(sources) == base + used
+    assert body["meta"]["prompt_tokens"] == _prompt_tokens(alice, sources) == base + used
     assert body["meta"]["prompt_tokens"] + 256 <= 1024
 
 
@@ -103,9 +103,13 @@ def test_small_configured_context_trims_the_last_passage_at_a_sentence_boundary(
     assert last["text"].endswith("engineers.")
     # The longest run of sentences that fits: one more would not.
     limit = 700 - 256
-    assert _prompt_tokens(sources) == _prompt_tokens([]) + sum(s["used_tokens"] for s in sources) <= limit
+    assert (
+        _prompt_tokens(alice, sources)
+        == _prompt_tokens(alice, []) + sum(s["used_tokens"] for s in sources)
+        <= limit
+    )
     longer = next(cut for cut in sentence_cuts(stored) if cut > len(last["text"]))
-    assert _prompt_tokens([*sources[:-1], {**last, "text": stored[:longer]}]) > limit
+    assert _prompt_tokens(alice, [*sources[:-1], {**last, "text": stored[:longer]}]) > limit
 
 
 def test_a_context_too_small_for_one_passage_is_400_saying_so(

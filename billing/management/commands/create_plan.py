@@ -48,6 +48,9 @@ class Command(BaseCommand):
         parser.add_argument("--rpm", type=_count, help="Requests per minute.")
         parser.add_argument("--tpm", type=_count, help="Tokens per minute.")
         parser.add_argument("--token-quota", type=_count, help="Tokens per month.")
+        parser.add_argument(
+            "--models", help="The models the plan includes, comma-separated (default: every model served)."
+        )
         parser.add_argument("--currency", help="Default: BILLING_CURRENCY.")
         parser.add_argument("--private", action="store_true", help="Assigned by an operator only.")
 
@@ -63,6 +66,7 @@ class Command(BaseCommand):
                 requests_per_minute=options["rpm"],
                 tokens_per_minute=options["tpm"],
                 token_quota=options["token_quota"],
+                allowed_models=[m.strip() for m in (options["models"] or "").split(",") if m.strip()],
                 currency=options["currency"],
                 public=not options["private"],
             )
