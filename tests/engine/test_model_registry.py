@@ -70,7 +70,11 @@ timeout_seconds = 60
 
 def test_two_deployments_on_one_host_get_distinct_labels() -> None:
     config = registry_config_parse(
-        {"models": [{"name": "m", "deployments": [{"base_url": "http://h:1/a"}, {"base_url": "http://h:1/b"}]}]},
+        {
+            "models": [
+                {"name": "m", "deployments": [{"base_url": "http://h:1/a"}, {"base_url": "http://h:1/b"}]}
+            ]
+        },
         root=ROOT,
         environ={},
     )
