@@ -13,6 +13,10 @@ Behaviour is chosen by the request:
 Behaviour of the whole server, for the router's tests: `FAKE_UPSTREAM_FAIL=500` answers every
 completion 500; `FAKE_UPSTREAM_FAIL=cut` drops every completion's connection before its first
 byte of content (a stream's headers are sent first). GET /v1/stats counts the completions asked.
+
+A server of limited capacity, as a GPU server is, for the routing benchmark:
+`FAKE_UPSTREAM_DELAY_MS` (each completion takes this long) with `FAKE_UPSTREAM_CONCURRENCY`
+(completions served at once; the others wait their turn).
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ from typing import Any
 Scope = dict[str, Any]
 
 _FAIL = os.environ.get("FAKE_UPSTREAM_FAIL", "")
+_DELAY_S = float(os.environ.get("FAKE_UPSTREAM_DELAY_MS", "0")) / 1000
+_CONCURRENCY = int(os.environ.get("FAKE_UPSTREAM_CONCURRENCY", "0"))
+_slots: asyncio.Semaphore | None = None
 _asked = 0
 
 _MODELS = json.dumps(
@@ -62,6 +69,18 @@ def _prompt_text(request: dict[str, Any]) -> str:
     return str(request.get("prompt", ""))
 
 
+async def _occupy() -> None:
+    """Takes one of the server's slots for `_DELAY_S` (waiting for one when all are taken)."""
+    global _slots
+    if not _CONCURRENCY:
+        await asyncio.sleep(_DELAY_S)
+        return
+    if _slots is None:
+        _slots = asyncio.Semaphore(_CONCURRENCY)
+    async with _slots:
+        await asyncio.sleep(_DELAY_S)
+
+
 async def app(scope: Scope, receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
         while True:
@@ -84,6 +103,8 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
         return
     request = json.loads(await _read_body(receive))
     _asked += 1
+    if _DELAY_S:
+        await _occupy()
     prompt = _prompt_text(request)
     if _FAIL == "cut":
         if request.get("stream"):
