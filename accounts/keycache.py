@@ -27,9 +27,10 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-import redis
 from django.conf import settings
 from django.core.cache import cache
+
+from common.shared_redis import cluster_configured, redis_client, redis_client_new, shared_redis_configured
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class LocalKeyCache:
         self._pid: int | None = None
 
     def enabled(self) -> bool:
-        return bool(settings.REDIS_URL) and settings.API_KEY_LOCAL_CACHE_SECONDS > 0
+        return shared_redis_configured() and settings.API_KEY_LOCAL_CACHE_SECONDS > 0
 
     def get(self, prefix: str) -> dict[str, Any] | None:
         if not self.enabled():
@@ -98,9 +99,9 @@ class LocalKeyCache:
     def _listen(self) -> None:
         while True:
             try:
-                client = redis.Redis.from_url(
-                    settings.REDIS_URL, socket_timeout=None, health_check_interval=10
-                )
+                # On a cluster, the node that serves the channel's slot: a message published
+                # on any node reaches the subscribers of every node.
+                client = redis_client_new(socket_timeout=None, health_check_interval=10)
                 pubsub = client.pubsub()
                 pubsub.subscribe(_channel())
                 while True:
@@ -175,11 +176,14 @@ def invalidate(prefixes: list[str]) -> None:
 def publish(prefixes: list[str]) -> None:
     """Tells every process to drop these keys (this one at once)."""
     local_key_cache.drop(prefixes)
-    if not settings.REDIS_URL or not prefixes:
+    if not shared_redis_configured() or not prefixes:
         return
-    from usage.services import redis_client
-
-    pipe = redis_client().pipeline(transaction=False)
+    client = redis_client()
+    if cluster_configured():  # redis-py refuses PUBLISH in a cluster pipeline
+        for prefix in prefixes:
+            client.publish(_channel(), prefix)
+        return
+    pipe = client.pipeline(transaction=False)
     for prefix in prefixes:
         pipe.publish(_channel(), prefix)
     pipe.execute()

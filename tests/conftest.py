@@ -22,6 +22,7 @@ from accounts.services import api_key_create, membership_create, organization_cr
 
 # The benchmarks start their servers with the same helpers.
 from bench.common import BIN, ROOT, free_port, wait_http, web_command  # noqa: F401
+from common.shared_redis import redis_client, shared_redis_configured
 from usage import services as usage_services
 
 
@@ -34,8 +35,8 @@ def _isolated_shared_state() -> Iterator[None]:
 
 
 def _clear() -> None:
-    if settings.REDIS_URL:
-        client = usage_services.redis_client()
+    if shared_redis_configured():
+        client = redis_client()
         for key in client.scan_iter(f"{settings.CACHE_KEY_PREFIX}*", count=1000):
             client.delete(key)
     else:

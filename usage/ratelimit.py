@@ -22,6 +22,7 @@ from django_ratelimit.core import ALL, _get_window, _make_cache_key, get_usage
 
 from accounts.context import AuthContext
 from common.errors import APIError
+from common.shared_redis import redis_client, shared_redis_configured
 from usage.ledger import Window
 
 WINDOW_SECONDS = 60
@@ -61,13 +62,20 @@ def _limits(context: AuthContext, kind: str) -> list[_Limit]:
     for owner, subject, limit in found:
         window = _get_window(subject, WINDOW_SECONDS)
         cache_key = _make_cache_key(group, window, (limit, WINDOW_SECONDS), subject, ALL)
-        limits.append(_Limit(owner, subject, limit, f"{settings.CACHE_KEY_PREFIX}:{cache_key}", window))
+        limits.append(_Limit(owner, subject, limit, _window_key(context, cache_key), window))
     return limits
 
 
-def _redis_add(limits: list[_Limit], amount: int) -> list[int]:
-    from usage.services import redis_client
+def _window_key(context: AuthContext, cache_key: str) -> str:
+    """On a Redis Cluster, in the organization's hash slot: admission counts the windows in the
+    same script as its budgets (`usage.ledger.keys`)."""
+    from usage.services import organization_key_tag
 
+    tag = organization_key_tag(organization_id=context.organization.pk)
+    return f"{settings.CACHE_KEY_PREFIX}:{tag}{cache_key}"
+
+
+def _redis_add(limits: list[_Limit], amount: int) -> list[int]:
     pipe = redis_client().pipeline(transaction=False)
     for limit in limits:
         pipe.incrby(limit.cache_key, amount)
@@ -76,8 +84,6 @@ def _redis_add(limits: list[_Limit], amount: int) -> list[int]:
 
 
 def _redis_remove(limits: list[_Limit], amount: int) -> None:
-    from usage.services import redis_client
-
     pipe = redis_client().pipeline(transaction=False)
     for limit in limits:
         pipe.decrby(limit.cache_key, amount)
@@ -85,7 +91,7 @@ def _redis_remove(limits: list[_Limit], amount: int) -> None:
 
 
 def _remove(limits: list[_Limit], amount: int) -> None:
-    if settings.REDIS_URL:
+    if shared_redis_configured():
         _redis_remove(limits, amount)
     else:
         for limit in limits:
@@ -119,7 +125,7 @@ def _route_limits(context: AuthContext, field: str | None) -> list[_Limit]:
     subject = f"org:{context.organization.pk}:{field}"
     window = _get_window(subject, WINDOW_SECONDS)
     cache_key = _make_cache_key("rpm", window, (int(value), WINDOW_SECONDS), subject, ALL)
-    return [_Limit("organization", subject, int(value), f"{settings.CACHE_KEY_PREFIX}:{cache_key}", window)]
+    return [_Limit("organization", subject, int(value), _window_key(context, cache_key), window)]
 
 
 def requests_hit(
@@ -130,7 +136,7 @@ def requests_hit(
     if not limits:
         return None
     now = time.time()
-    if settings.REDIS_URL:
+    if shared_redis_configured():
         counts = _redis_add(limits, 1)
     else:
         counts = []
@@ -155,7 +161,7 @@ def tokens_hit(*, context: AuthContext, tokens: int) -> LimitState | None:
     if not limits:
         return None
     now = time.time()
-    if settings.REDIS_URL:
+    if shared_redis_configured():
         counts = _redis_add(limits, tokens)
     else:
         counts = []

@@ -23,6 +23,7 @@ import redis
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 from django.db.models import F
 
+from common.shared_redis import SharedRedis
 from usage.ledger import RedisLedger
 from usage.models import BudgetEvent, UsageDaily, UsageDeadLetter, UsageRecord
 
@@ -277,40 +278,67 @@ def _database_reachable() -> bool:
 
 
 def stream_flush(*, ledger: RedisLedger, batch_size: int = 1000, max_batches: int = 100) -> int:
-    """Moves settled usage records and budget events from the Redis streams into the database.
-    Entries are acknowledged only after they are written or set aside; entries a dead flusher
-    left pending are claimed after a minute. Safe to run in several processes at once."""
-    client = ledger.client
+    """Moves settled usage records and budget events from the Redis streams (each shard's,
+    `usage.ledger.keys`) into the database; up to `max_batches` of each stream. Entries are
+    acknowledged only after they are written or set aside; entries a dead flusher left pending
+    are claimed after a minute. Safe to run in several processes at once."""
     consumer = f"{socket.gethostname()}-{os.getpid()}"
     written = 0
-    for stream, key, field_name in (
-        (UsageDeadLetter.Stream.RECORDS, ledger.records_stream, b"r"),
-        (UsageDeadLetter.Stream.EVENTS, ledger.events_stream, b"e"),
-    ):
-        try:
-            client.xgroup_create(key, _GROUP, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-        client.xautoclaim(key, _GROUP, consumer, min_idle_time=60_000, count=batch_size)
-        for _ in range(max_batches):
-            # Pending entries of this consumer first (id "0"), then new ones (">").
-            # redis-py types stream replies loosely (RESP2 and RESP3 shapes); this is RESP2's.
-            entries: Any = client.xreadgroup(_GROUP, consumer, {key: "0"}, count=batch_size)
-            if not entries or not entries[0][1]:
-                entries = client.xreadgroup(_GROUP, consumer, {key: ">"}, count=batch_size)
-            if not entries or not entries[0][1]:
-                break
-            batch = [(entry_id.decode(), fields.get(field_name, b"")) for entry_id, fields in entries[0][1]]
-            written += entries_write(stream, batch)
-            ids = [entry_id for entry_id, _ in batch]
-            client.xack(key, _GROUP, *ids)
-            client.xdel(key, *ids)
+    for records_stream, events_stream in ledger.streams():
+        for stream, key, field_name in (
+            (UsageDeadLetter.Stream.RECORDS, records_stream, b"r"),
+            (UsageDeadLetter.Stream.EVENTS, events_stream, b"e"),
+        ):
+            written += _one_stream_flush(
+                ledger.client,
+                stream=stream,
+                key=key,
+                field_name=field_name,
+                consumer=consumer,
+                batch_size=batch_size,
+                max_batches=max_batches,
+            )
+    return written
+
+
+def _one_stream_flush(
+    client: SharedRedis,
+    *,
+    stream: str,
+    key: str,
+    field_name: bytes,
+    consumer: str,
+    batch_size: int,
+    max_batches: int,
+) -> int:
+    written = 0
+    try:
+        client.xgroup_create(key, _GROUP, id="0", mkstream=True)
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+    client.xautoclaim(key, _GROUP, consumer, min_idle_time=60_000, count=batch_size)
+    for _ in range(max_batches):
+        # Pending entries of this consumer first (id "0"), then new ones (">").
+        # redis-py types stream replies loosely (RESP2 and RESP3 shapes); this is RESP2's.
+        entries: Any = client.xreadgroup(_GROUP, consumer, {key: "0"}, count=batch_size)
+        if not entries or not entries[0][1]:
+            entries = client.xreadgroup(_GROUP, consumer, {key: ">"}, count=batch_size)
+        if not entries or not entries[0][1]:
+            break
+        batch = [(entry_id.decode(), fields.get(field_name, b"")) for entry_id, fields in entries[0][1]]
+        written += entries_write(stream, batch)
+        ids = [entry_id for entry_id, _ in batch]
+        client.xack(key, _GROUP, *ids)
+        client.xdel(key, *ids)
     return written
 
 
 def stream_pending(*, ledger: RedisLedger) -> int:
-    return int(ledger.client.xlen(ledger.records_stream))  # type: ignore[arg-type]
+    pipe = ledger.client.pipeline(transaction=False)
+    for records_stream, _events in ledger.streams():
+        pipe.xlen(records_stream)
+    return sum(int(length) for length in pipe.execute())
 
 
 def dead_letters_retry(*, dead_letters: Iterable[UsageDeadLetter]) -> tuple[int, int]:

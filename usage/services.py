@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
@@ -17,12 +16,15 @@ from accounts.context import AuthContext
 from accounts.models import BudgetPeriod, EndUserBudget, Organization
 from common.errors import APIError
 from common.metrics import TOKENS
+from common.shared_redis import cluster_configured, redis_client, shared_redis_configured
 from usage import periods, ratelimit, records
 from usage.keeper import PendingSettlement, ReservationKeeper
 from usage.ledger import (
+    CLUSTER_SHARDS,
     REFUNDED,
     Balance,
     Counter,
+    KeyLayout,
     Ledger,
     LocalLedger,
     RedisLedger,
@@ -167,18 +169,26 @@ def _initial_used(counter: Counter) -> int:
 # --- The ledger ---------------------------------------------------------------------------
 
 
-@cache
-def redis_client() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL)
-
-
 _local_ledger: LocalLedger | None = None
+
+
+def key_layout() -> KeyLayout:
+    """How the ledger's keys spread over a Redis Cluster; one shard on one Redis."""
+    return KeyLayout(shards=CLUSTER_SHARDS if cluster_configured() else 1)
+
+
+def organization_key_tag(*, organization_id: int) -> str:
+    """What the name of a key that an organization's admission touches starts with (after
+    the prefix): its shard's hash tag on a Redis Cluster, nothing on one Redis."""
+    return key_layout().organization_tag(organization_id)
 
 
 def get_ledger() -> Ledger:
     global _local_ledger
-    if settings.REDIS_URL:
-        return _redis_ledger(settings.CACHE_KEY_PREFIX)
+    if shared_redis_configured():
+        return _redis_ledger(
+            settings.CACHE_KEY_PREFIX, settings.REDIS_URL, tuple(settings.REDIS_CLUSTER_NODES)
+        )
     if _local_ledger is None:
         _local_ledger = LocalLedger(
             initial_used=_initial_used,
@@ -188,8 +198,11 @@ def get_ledger() -> Ledger:
 
 
 @cache
-def _redis_ledger(prefix: str) -> RedisLedger:
-    return RedisLedger(client=redis_client(), prefix=f"{prefix}:q:", initial_used=_initial_used)
+def _redis_ledger(prefix: str, url: str, nodes: tuple[str, ...]) -> RedisLedger:
+    # Keyed by the settings, so a test that overrides them gets a ledger of its own.
+    return RedisLedger(
+        client=redis_client(), prefix=f"{prefix}:q:", initial_used=_initial_used, layout=key_layout()
+    )
 
 
 _keeper = ReservationKeeper(ledger=lambda: get_ledger(), ttl_seconds=lambda: settings.RESERVATION_TTL_SECONDS)
@@ -197,7 +210,8 @@ _keeper = ReservationKeeper(ledger=lambda: get_ledger(), ttl_seconds=lambda: set
 
 def charged_key(*, organization_id: int, when: datetime) -> str:
     """The ledger's total of what an organization was charged in a (UTC) month."""
-    return f"charged:{organization_id}:m{when.astimezone(UTC):%Y-%m}"
+    tag = organization_key_tag(organization_id=organization_id)
+    return f"{tag}charged:{organization_id}:m{when.astimezone(UTC):%Y-%m}"
 
 
 @dataclass
@@ -318,7 +332,7 @@ def quota_reserve(
     now = timezone.now()
     counters = budget_counters(context=context, end_user=end_user, now=now, endpoint=endpoint)
     ledger = get_ledger()
-    reservation_id = f"rsv_{uuid.uuid4().hex}"
+    reservation_id = ledger.reservation_id_new(organization_id=context.organization.pk)
     record = {
         "reservation_id": reservation_id,
         "request_id": request_id,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import environ
 from celery.schedules import crontab
+from django.core.exceptions import ImproperlyConfigured
 
 from .environment import StrictEnv
 
@@ -104,8 +105,23 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env.str("REDIS_URL", default="")
+# A Redis Cluster (`host:port,host:port,...`) for everything that coordinates processes (ledger,
+# rate limits, caches, key invalidation) instead of REDIS_URL, which then serves Celery only.
+REDIS_CLUSTER_NODES = env.addresses("REDIS_CLUSTER_NODES")
 CACHE_KEY_PREFIX = env.str("CACHE_KEY_PREFIX", default="llmp")
-if REDIS_URL:
+if "{" in CACHE_KEY_PREFIX or "}" in CACHE_KEY_PREFIX:
+    # The ledger's keys carry a Redis Cluster hash tag after the prefix; a brace in the prefix
+    # would become the tag and put every key in one slot.
+    raise ImproperlyConfigured("CACHE_KEY_PREFIX must not contain braces.")
+if REDIS_CLUSTER_NODES:
+    CACHES = {
+        "default": {
+            "BACKEND": "common.cache.ClusterRedisCache",
+            "LOCATION": REDIS_CLUSTER_NODES,
+            "KEY_PREFIX": CACHE_KEY_PREFIX,
+        }
+    }
+elif REDIS_URL:
     CACHES = {
         "default": {
             "BACKEND": "common.cache.ReusingRedisCache",

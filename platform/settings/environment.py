@@ -30,3 +30,13 @@ class StrictEnv(environ.Env):
         raise ImproperlyConfigured(
             f"{var}={raw!r} is not a boolean: use true or false (1/0, yes/no, on/off)."
         )
+
+    def addresses(self, var: str) -> list[str]:
+        """A comma-separated list of `host:port`; empty when unset."""
+        raw = self.ENVIRON.get(var, "")
+        found = [part.strip() for part in raw.split(",") if part.strip()]
+        for address in found:
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ImproperlyConfigured(f"{var}: {address!r} is not host:port.")
+        return found

@@ -6,15 +6,21 @@ from __future__ import annotations
 from django.core.exceptions import ImproperlyConfigured
 
 from .base import *  # noqa: F403
-from .base import REDIS_URL, SECRET_KEY, env
+from .base import CELERY_BROKER_URL, REDIS_CLUSTER_NODES, REDIS_URL, SECRET_KEY, env
 
 if not SECRET_KEY:
     raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set in production.")
 # Rate limits, budgets and key revocation are shared through Redis; without it each process
 # would keep its own, and N processes would grant N times the limits.
-if not REDIS_URL and not env.bool("PLATFORM_SINGLE_PROCESS", default=False):
+if not (REDIS_URL or REDIS_CLUSTER_NODES) and not env.bool("PLATFORM_SINGLE_PROCESS", default=False):
     raise ImproperlyConfigured(
         "REDIS_URL must be set in production (set PLATFORM_SINGLE_PROCESS=true to run one process without it)."
+    )
+# Celery's broker is never the cluster (kombu cannot use one): without a broker, tasks would run
+# in the web process.
+if REDIS_CLUSTER_NODES and not CELERY_BROKER_URL:
+    raise ImproperlyConfigured(
+        "REDIS_CLUSTER_NODES needs CELERY_BROKER_URL (a single Redis or RabbitMQ) or REDIS_URL for Celery."
     )
 
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

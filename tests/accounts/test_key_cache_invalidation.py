@@ -153,7 +153,7 @@ def test_the_key_cache_holds_no_password_hash(alice: Tenant) -> None:
     assert alice.owner.password not in repr(entry)
     assert "stripe_customer_id" not in entry["organization"]
     if settings.REDIS_URL:  # what Redis holds, as bytes
-        from usage.services import redis_client
+        from common.shared_redis import redis_client
 
         client = redis_client()
         stored = b"".join(

@@ -197,15 +197,11 @@ def _plan(rng: random.Random) -> list[Shot]:
 def _this_process_on(redis_url: str) -> Iterator[None]:
     """The flush, expiry and budget views this process runs itself, on the private Redis."""
     previous = settings.REDIS_URL
-    settings.REDIS_URL = redis_url
-    usage_services.redis_client.cache_clear()
-    usage_services._redis_ledger.cache_clear()
+    settings.REDIS_URL = redis_url  # the client and the ledger are per settings
     try:
         yield
     finally:
         settings.REDIS_URL = previous
-        usage_services.redis_client.cache_clear()
-        usage_services._redis_ledger.cache_clear()
 
 
 def _start_stack(processes: Processes, private_redis: PrivateRedis) -> Stack:

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from django.conf import settings
 
+from common.shared_redis import redis_client
 from usage.ledger import Balance, Counter, Ledger, LocalLedger, RedisLedger, Sink
-from usage.services import redis_client
 
 
 def _counter(key: str, limit: int, threshold: int | None = None) -> Counter:
@@ -60,7 +60,11 @@ def ledger(request: Any) -> Iterator[tuple[Ledger, list[dict[str, Any]], dict[st
 def _flushed(ledger: Ledger, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The records the ledger emitted: the local one's sink, or the Redis one's stream."""
     if isinstance(ledger, RedisLedger):
-        return [json.loads(fields[b"r"]) for _, fields in ledger.client.xrange(ledger.records_stream)]
+        return [
+            json.loads(fields[b"r"])
+            for records_stream, _events in ledger.streams()
+            for _, fields in ledger.client.xrange(records_stream)
+        ]
     return records
 
 

@@ -153,22 +153,23 @@ def _good_record(index: int, organization_id: int) -> dict[str, Any]:
 @needs_redis
 def test_one_bad_entry_among_a_thousand_is_set_aside_and_the_rest_land(alice: Tenant) -> None:
     ledger = get_ledger()
+    ((records_stream, _events),) = ledger.streams()  # type: ignore[attr-defined]
     org = alice.organization.pk
     pipe = ledger.client.pipeline()  # type: ignore[attr-defined]
     for index in range(1000):
         record = _good_record(index, org)
         if index == 500:  # the database refuses it: tokens cannot be negative
             record["completion_tokens"] = -5
-        pipe.xadd(ledger.records_stream, {"r": json.dumps(record)})  # type: ignore[attr-defined]
+        pipe.xadd(records_stream, {"r": json.dumps(record)})
     pipe.execute()
     usage_stream_flush()
     assert UsageRecord.objects.count() == 999
     (letter,) = UsageDeadLetter.objects.all()
     assert letter.stream == "records" and json.loads(letter.payload)["reservation_id"] == "rsv_bulk_500"
-    assert ledger.client.xlen(ledger.records_stream) == 0  # type: ignore[attr-defined]
+    assert ledger.client.xlen(records_stream) == 0  # type: ignore[attr-defined]
     assert UsageDaily.objects.get(organization=alice.organization).requests == 999
     # The flush goes on: a later record lands.
-    ledger.client.xadd(ledger.records_stream, {"r": json.dumps(_good_record(1000, org))})  # type: ignore[attr-defined]
+    ledger.client.xadd(records_stream, {"r": json.dumps(_good_record(1000, org))})  # type: ignore[attr-defined]
     usage_stream_flush()
     assert UsageRecord.objects.count() == 1000
 

@@ -19,6 +19,8 @@ lock; the embedded default of `make run`).
 Counters are keyed by period (`d2026-11-27`, `m2026-11`, `all`), so a budget resets at its
 boundary by starting a new key. A counter missing from Redis is rebuilt from the database's
 usage records (`initial_used`), so losing Redis loses no spend that reached the database.
+
+On a Redis Cluster the keys are spread in shards, one hash slot each (`usage.ledger.keys`).
 """
 
 from usage.ledger.base import (
@@ -34,15 +36,18 @@ from usage.ledger.base import (
     Window,
     WindowRefused,
 )
+from usage.ledger.keys import CLUSTER_SHARDS, KeyLayout
 from usage.ledger.local import LocalLedger
 from usage.ledger.redis import RedisLedger
 
 __all__ = [
+    "CLUSTER_SHARDS",
     "REFUNDED",
     "Admitted",
     "Balance",
     "Counter",
     "InitialUsed",
+    "KeyLayout",
     "Ledger",
     "LocalLedger",
     "RedisLedger",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -98,6 +99,11 @@ def expired_record(record: dict[str, Any], *, prompt_tokens: int, charged: int) 
 
 
 class Ledger(ABC):
+    def reservation_id_new(self, *, organization_id: int) -> str:
+        """The id of a new reservation on `organization_id`'s budgets (it may say where the
+        reservation is kept: `usage.ledger.keys`)."""
+        return f"rsv_{uuid.uuid4().hex}"
+
     @abstractmethod
     def reserve(
         self,

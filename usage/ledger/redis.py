@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import time
+from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-import redis
-
+from common.shared_redis import SharedRedis
 from usage.ledger.base import (
     TOMBSTONE_SECONDS,
     Admitted,
@@ -22,6 +22,7 @@ from usage.ledger.base import (
     Window,
     WindowRefused,
 )
+from usage.ledger.keys import KeyLayout
 
 _CHARGED_TTL = 400 * 86_400
 
@@ -218,13 +219,20 @@ return out
 
 
 class RedisLedger(Ledger):
+    """Keys: `prefix` + the shard's tag + the name (`usage.ledger.keys`). Every script touches
+    the keys of one shard only, those in KEYS and those it reads from the reservation (its
+    counters and charged total), so on a Redis Cluster each runs on one node, atomically."""
+
     RECORDS_STREAM = "usage:records"
     EVENTS_STREAM = "usage:events"
 
-    def __init__(self, *, client: redis.Redis, prefix: str, initial_used: InitialUsed) -> None:
+    def __init__(
+        self, *, client: SharedRedis, prefix: str, initial_used: InitialUsed, layout: KeyLayout | None = None
+    ) -> None:
         self.client = client
         self.prefix = prefix
         self.initial_used = initial_used
+        self.layout = layout or KeyLayout()
         self._reserve = client.register_script(_RESERVE)
         self._settle = client.register_script(_SETTLE)
         self._expire = client.register_script(_EXPIRE)
@@ -234,22 +242,36 @@ class RedisLedger(Ledger):
         self._balances = client.register_script(_BALANCES)
 
     def _k(self, name: str) -> str:
+        """A key whose name carries its shard's tag already (windows, charged totals)."""
         return f"{self.prefix}{name}"
 
-    @property
-    def records_stream(self) -> str:
-        return self._k(self.RECORDS_STREAM)
+    def _shard_key(self, shard: int, name: str) -> str:
+        return f"{self.prefix}{self.layout.tag(shard)}{name}"
 
-    @property
-    def events_stream(self) -> str:
-        return self._k(self.EVENTS_STREAM)
+    def _counter_key(self, counter: Counter) -> str:
+        return self._k(self.layout.organization_tag(counter.organization_id) + counter.key)
 
-    @property
-    def deadlines(self) -> str:
-        return self._k("resv:deadlines")
+    def _reservation_key(self, reservation_id: str) -> str:
+        return self._shard_key(self.layout.reservation_shard(reservation_id), f"resv:{reservation_id}")
+
+    def _deadlines(self, shard: int) -> str:
+        return self._shard_key(shard, "resv:deadlines")
+
+    def shards(self) -> range:
+        return range(self.layout.shards)
+
+    def streams(self) -> list[tuple[str, str]]:
+        """Each shard's records stream and events stream."""
+        return [
+            (self._shard_key(shard, self.RECORDS_STREAM), self._shard_key(shard, self.EVENTS_STREAM))
+            for shard in self.shards()
+        ]
+
+    def reservation_id_new(self, *, organization_id: int) -> str:
+        return self.layout.reservation_id_new(organization_id=organization_id)
 
     def _init_counter(self, counter: Counter) -> None:
-        key = self._k(counter.key)
+        key = self._counter_key(counter)
         pipe = self.client.pipeline()
         pipe.hsetnx(key, "used", self.initial_used(counter))
         pipe.hsetnx(key, "reserved", 0)
@@ -298,10 +320,15 @@ class RedisLedger(Ledger):
         a window over its limit refuses before any budget is touched, a budget that cannot
         take `amount` refuses before any tokens-per-minute are added."""
         now = time.time()
-        keys = [self._k(f"resv:{reservation_id}"), self.deadlines]
+        shard = self.layout.reservation_shard(reservation_id)
+        if any(self.layout.organization_shard(c.organization_id) != shard for c in counters):
+            raise ValueError(f"{reservation_id} is not in the shard of its counters (reservation_id_new)")
+        keys = [self._reservation_key(reservation_id), self._deadlines(shard)]
         keys += [window.key for window in windows]
-        keys += [self._k(c.key) for c in counters]
-        described = json.dumps([[self._k(c.key), c.limit, c.threshold, c.label, c.period] for c in counters])
+        keys += [self._counter_key(c) for c in counters]
+        described = json.dumps(
+            [[self._counter_key(c), c.limit, c.threshold, c.label, c.period] for c in counters]
+        )
         args: list[Any] = [
             amount,
             now + ttl_seconds,
@@ -336,12 +363,13 @@ class RedisLedger(Ledger):
         raise RuntimeError("budget counters vanished while reserving")
 
     def _settle_keys(self, reservation_id: str) -> list[str]:
+        shard = self.layout.reservation_shard(reservation_id)
         return [
-            self._k(f"resv:{reservation_id}"),
-            self.deadlines,
-            self.records_stream,
-            self.events_stream,
-            self._k(f"expired:{reservation_id}"),
+            self._reservation_key(reservation_id),
+            self._deadlines(shard),
+            self._shard_key(shard, self.RECORDS_STREAM),
+            self._shard_key(shard, self.EVENTS_STREAM),
+            self._shard_key(shard, f"expired:{reservation_id}"),
         ]
 
     def settle(self, *, reservation_id: str, record_update: dict[str, Any], tokens: int) -> Settlement | None:
@@ -357,7 +385,7 @@ class RedisLedger(Ledger):
     def grow(
         self, *, reservation_id: str, counters: list[Counter], amount: int, prompt_tokens: int
     ) -> ReserveRefused | None:
-        result = self._grow(keys=[self._k(f"resv:{reservation_id}")], args=[amount, prompt_tokens])
+        result = self._grow(keys=[self._reservation_key(reservation_id)], args=[amount, prompt_tokens])
         if result[0] != b"refused":
             return None
         return ReserveRefused(
@@ -366,25 +394,36 @@ class RedisLedger(Ledger):
         )
 
     def cancel(self, *, reservation_id: str) -> bool:
-        return bool(self._cancel(keys=[self._k(f"resv:{reservation_id}"), self.deadlines]))
+        keys = [
+            self._reservation_key(reservation_id),
+            self._deadlines(self.layout.reservation_shard(reservation_id)),
+        ]
+        return bool(self._cancel(keys=keys))
 
     def extend(self, *, reservation_ids: Sequence[str], ttl_seconds: int) -> None:
         if not reservation_ids:
             return
         deadline = time.time() + ttl_seconds
-        # XX: a reservation settled or expired meanwhile is not brought back.
-        self.client.zadd(
-            self.deadlines, {self._k(f"resv:{rid}"): deadline for rid in reservation_ids}, xx=True, gt=True
-        )
+        by_shard: dict[int, dict[str, float]] = defaultdict(dict)
+        for rid in reservation_ids:
+            by_shard[self.layout.reservation_shard(rid)][self._reservation_key(rid)] = deadline
+        pipe = self.client.pipeline(transaction=False)
+        for shard, deadlines in by_shard.items():
+            # XX: a reservation settled or expired meanwhile is not brought back.
+            pipe.zadd(self._deadlines(shard), deadlines, xx=True, gt=True)
+        pipe.execute()
 
     def adopt(self, *, reservation_id: str, ttl_seconds: int, charge_on_expiry: int) -> bool:
-        keys = [self._k(f"resv:{reservation_id}"), self.deadlines]
+        keys = [
+            self._reservation_key(reservation_id),
+            self._deadlines(self.layout.reservation_shard(reservation_id)),
+        ]
         return bool(self._adopt(keys=keys, args=[time.time() + ttl_seconds, charge_on_expiry]))
 
     def balances(self, counters: list[Counter]) -> list[Balance]:
         if not counters:
             return []
-        rows = self._balances(keys=[self._k(c.key) for c in counters])
+        rows = self._balances(keys=[self._counter_key(c) for c in counters])
         balances = []
         for counter, (used, reserved) in zip(counters, rows, strict=True):
             used_value = int(used)
@@ -396,22 +435,30 @@ class RedisLedger(Ledger):
     def charged(self, keys: Sequence[str]) -> list[int | None]:
         if not keys:
             return []
-        values: list[Any] = self.client.mget([self._k(key) for key in keys])  # type: ignore[assignment]
-        return [None if value is None else int(value) for value in values]
+        # One GET each: the totals of several organizations lie in several slots.
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.get(self._k(key))
+        return [None if value is None else int(value) for value in pipe.execute()]
 
     def active_reservations(self) -> int:
-        return int(self.client.zcard(self.deadlines))  # type: ignore[arg-type]
+        pipe = self.client.pipeline(transaction=False)
+        for shard in self.shards():
+            pipe.zcard(self._deadlines(shard))
+        return sum(int(count) for count in pipe.execute())
 
     def expire(self, *, now: float | None = None, limit: int = 500) -> int:
+        """Up to `limit` reservations of each shard."""
         deadline = now if now is not None else time.time()
-        members: list[bytes] = self.client.zrangebyscore(  # type: ignore[assignment]
-            self.deadlines, "-inf", deadline, start=0, num=limit
-        )
         expired = 0
-        for member in members:
-            reservation_id = member.decode().removeprefix(self._k("resv:"))
-            # The script checks the deadline again: an `extend` since the read wins.
-            expired += int(
-                self._expire(keys=self._settle_keys(reservation_id), args=[deadline, TOMBSTONE_SECONDS])
+        for shard in self.shards():
+            members: list[bytes] = self.client.zrangebyscore(  # type: ignore[assignment]
+                self._deadlines(shard), "-inf", deadline, start=0, num=limit
             )
+            for member in members:
+                reservation_id = member.decode().removeprefix(self._shard_key(shard, "resv:"))
+                # The script checks the deadline again: an `extend` since the read wins.
+                expired += int(
+                    self._expire(keys=self._settle_keys(reservation_id), args=[deadline, TOMBSTONE_SECONDS])
+                )
         return expired

@@ -1,0 +1,59 @@
+"""The Redis that processes coordinate through: one server (`REDIS_URL`) or a Redis Cluster
+(`REDIS_CLUSTER_NODES`, which wins when both are set; REDIS_URL then serves Celery only).
+
+The budget ledger, the rate limits, the key cache's invalidations and the Django cache all get
+their client here, so one setting moves all of them. On a cluster, a Lua script and a
+transaction reach one hash slot only: the ledger tags its keys so that each script's keys share
+a slot (`usage.ledger.keys`); plain pipelines (`transaction=False`) may span slots, redis-py
+splits them by node; PUBLISH cannot be pipelined (redis-py refuses it) and reaches every node
+of the cluster from any one."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import redis
+from django.conf import settings
+from redis.cluster import ClusterNode, RedisCluster
+
+SharedRedis = redis.Redis | RedisCluster
+
+
+def shared_redis_configured() -> bool:
+    """Whether processes share state (else each one keeps its own: the embedded default)."""
+    return bool(settings.REDIS_CLUSTER_NODES or settings.REDIS_URL)
+
+
+def cluster_configured() -> bool:
+    return bool(settings.REDIS_CLUSTER_NODES)
+
+
+def redis_client() -> SharedRedis:
+    """The process's client (thread-safe, one connection pool per node)."""
+    return _client(settings.REDIS_URL, tuple(settings.REDIS_CLUSTER_NODES))
+
+
+@cache
+def _client(url: str, nodes: tuple[str, ...]) -> SharedRedis:
+    # Keyed by the settings, so a test that overrides them gets a client of its own.
+    return redis_client_new(url=url, nodes=nodes)
+
+
+def redis_client_new(
+    *, url: str | None = None, nodes: tuple[str, ...] | None = None, **options: Any
+) -> SharedRedis:
+    """A client of its own (a subscriber that holds a connection open), with redis-py's
+    connection `options`."""
+    nodes = tuple(settings.REDIS_CLUSTER_NODES) if nodes is None else nodes
+    if nodes:
+        return RedisCluster(startup_nodes=cluster_nodes(nodes), **options)
+    return redis.Redis.from_url(settings.REDIS_URL if url is None else url, **options)
+
+
+def cluster_nodes(addresses: tuple[str, ...] | list[str]) -> list[ClusterNode]:
+    nodes = []
+    for address in addresses:
+        host, _, port = address.rpartition(":")
+        nodes.append(ClusterNode(host, int(port)))
+    return nodes
