@@ -23,6 +23,7 @@ from accounts.services import api_key_create, membership_create, organization_cr
 # The benchmarks start their servers with the same helpers.
 from bench.common import BIN, ROOT, free_port, wait_http, web_command  # noqa: F401
 from common.shared_redis import redis_client, shared_redis_configured
+from tests.cluster_support import LocalRedisCluster, redis_server_missing
 from usage import services as usage_services
 
 
@@ -45,6 +46,48 @@ def _clear() -> None:
     usage_services._keeper.clear()
     local_key_cache.clear()
     account_services._touched_at.clear()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[LocalRedisCluster]:
+    """A Redis Cluster of three nodes on loopback ports, for the whole session."""
+    if redis_server_missing():
+        pytest.skip("needs redis-server (CI installs it)")
+    cluster = LocalRedisCluster()
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def on_redis_cluster(
+    redis_cluster: LocalRedisCluster, settings: Any, monkeypatch: Any
+) -> Iterator[list[str]]:
+    """This process, and the servers and workers the test starts, keep their shared state on
+    the Redis Cluster (REDIS_CLUSTER_NODES); Celery's broker stays REDIS_URL."""
+    monkeypatch.setenv("REDIS_CLUSTER_NODES", ",".join(redis_cluster.nodes))
+    settings.REDIS_CLUSTER_NODES = redis_cluster.nodes
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "common.cache.ClusterRedisCache",
+            "LOCATION": redis_cluster.nodes,
+            "KEY_PREFIX": settings.CACHE_KEY_PREFIX,
+        }
+    }
+    # This process's invalidation subscriber stays on the Redis it started on: no local key
+    # cache here (the servers the test starts have theirs, subscribed to the cluster).
+    settings.API_KEY_LOCAL_CACHE_SECONDS = 0
+    _clear()
+    yield redis_cluster.nodes
+    _clear()
+
+
+@pytest.fixture(params=["redis", "redis-cluster"])
+def shared_redis(request: Any) -> str:
+    """The test runs on one Redis (REDIS_URL), then on a Redis Cluster."""
+    if request.param == "redis-cluster":
+        request.getfixturevalue("on_redis_cluster")
+    return str(request.param)
 
 
 @dataclass

@@ -64,3 +64,23 @@ def test_production_refuses_to_start_without_redis_unless_single_process() -> No
 def test_production_refuses_a_misspelled_boolean() -> None:
     result = _production(["check"], DJANGO_SECURE_COOKIES="ture")
     assert result.returncode != 0 and "is not a boolean" in result.stderr
+
+
+@pytest.mark.parametrize("raw", ["localhost", "10.0.0.1:port", "redis://10.0.0.1:7000", "host:70000"])
+def test_cluster_nodes_that_do_not_parse_stop_the_start(raw: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_CLUSTER_NODES", f"10.0.0.2:7000,{raw}")
+    with pytest.raises(ImproperlyConfigured, match="is not host:port"):
+        StrictEnv().addresses("REDIS_CLUSTER_NODES")
+
+
+def test_cluster_nodes_parse(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_CLUSTER_NODES", " 10.0.0.1:7000, redis-2.internal:7001 ,")
+    assert StrictEnv().addresses("REDIS_CLUSTER_NODES") == ["10.0.0.1:7000", "redis-2.internal:7001"]
+
+
+def test_production_on_a_redis_cluster_needs_a_celery_broker() -> None:
+    cluster = {"REDIS_URL": "", "REDIS_CLUSTER_NODES": "10.0.0.1:7000,10.0.0.2:7000"}
+    refused = _production(["check"], **cluster)
+    assert refused.returncode != 0 and "REDIS_CLUSTER_NODES needs CELERY_BROKER_URL" in refused.stderr
+    accepted = _production(["check"], **cluster, CELERY_BROKER_URL="amqp://guest@rabbitmq//")
+    assert accepted.returncode == 0, accepted.stderr

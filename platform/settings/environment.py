@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+_HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.\-_]*")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
 
@@ -37,6 +39,6 @@ class StrictEnv(environ.Env):
         found = [part.strip() for part in raw.split(",") if part.strip()]
         for address in found:
             host, _, port = address.rpartition(":")
-            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            if not _HOST.fullmatch(host) or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ImproperlyConfigured(f"{var}: {address!r} is not host:port.")
         return found

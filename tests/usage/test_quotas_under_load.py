@@ -52,7 +52,7 @@ def _client_process(url: str, secret: str, count: int) -> list[tuple[int, str | 
 
 
 def test_concurrent_requests_from_several_processes_never_overspend_and_leave_nothing_reserved(
-    alice: Tenant, openai_backend: str, start_web_server: Any
+    alice: Tenant, openai_backend: str, start_web_server: Any, shared_redis: str
 ) -> None:
     alice.organization.token_quota = 600
     alice.organization.requests_per_minute = None
@@ -85,11 +85,16 @@ def test_concurrent_requests_from_several_processes_never_overspend_and_leave_no
     assert budget.reserved == 0
 
 
-@pytest.mark.parametrize("route", ["me", "generate"])
+@pytest.mark.parametrize(
+    ("route", "shared_redis"),
+    [("me", "redis"), ("generate", "redis"), ("generate", "redis-cluster")],
+    indirect=["shared_redis"],
+)
 def test_requests_per_minute_holds_exactly_across_two_server_processes(
-    alice: Tenant, openai_backend: str, start_web_server: Any, route: str
+    alice: Tenant, openai_backend: str, start_web_server: Any, route: str, shared_redis: str
 ) -> None:
-    """`me` is counted by the middleware; `generate` in the same atomic step as its budget."""
+    """`me` is counted by the middleware; `generate` in the same atomic step as its budget (on
+    a Redis Cluster, in its organization's slot)."""
     limit = 10
     alice.organization.requests_per_minute = limit
     alice.organization.save()

@@ -1,0 +1,123 @@
+"""A Redis Cluster of three primaries on loopback ports, started for the test session."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import redis
+
+NODES = 3
+# A node also listens on its port + 10000 (the cluster bus).
+BUS_OFFSET = 10_000
+
+
+class LocalRedisCluster:
+    def __init__(self) -> None:
+        self.directory = Path(tempfile.mkdtemp(prefix="redis-cluster-"))
+        self.ports = _node_ports(NODES)
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def nodes(self) -> list[str]:
+        return [f"127.0.0.1:{port}" for port in self.ports]
+
+    def start(self) -> None:
+        server = shutil.which("redis-server")
+        if server is None:
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        for port in self.ports:
+            self.processes.append(
+                subprocess.Popen(
+                    [
+                        server,
+                        "--port", str(port),
+                        "--bind", "127.0.0.1",
+                        "--cluster-enabled", "yes",
+                        "--cluster-config-file", str(self.directory / f"nodes-{port}.conf"),
+                        "--dir", str(self.directory),
+                        "--save", "",
+                        "--appendonly", "no",
+                        "--daemonize", "no",
+                    ],
+                    stdout=(self.directory / f"redis-{port}.log").open("wb"),
+                    stderr=subprocess.STDOUT,
+                )
+            )  # fmt: skip
+        for port in self.ports:
+            self._wait(lambda port=port: redis.Redis(port=port).ping())
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *self.nodes, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        for port in self.ports:  # every node knows every slot's owner
+            self._wait(lambda port=port: _cluster_info(port).get("cluster_state") == "ok")
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.kill()
+        for process in self.processes:
+            process.wait(timeout=30)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def _wait(self, ready: Callable[[], object]) -> None:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if ready():
+                    return
+            except redis.RedisError:
+                pass
+            for process in self.processes:
+                if process.poll() is not None:
+                    logs = "".join(
+                        log.read_text(errors="replace")[-2000:] for log in self.directory.glob("*.log")
+                    )
+                    raise RuntimeError(f"redis-server exited with {process.returncode}: {logs}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the Redis Cluster in {self.directory} did not come up")
+            time.sleep(0.05)
+
+
+def _node_ports(count: int) -> list[int]:
+    """Free ports whose bus ports are free too (the kernel's ephemeral ports plus 10000 may pass
+    65535)."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = random.randrange(20_000, 30_000)
+        if port not in ports and _free(port) and _free(port + BUS_OFFSET):
+            ports.append(port)
+    return ports
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _cluster_info(port: int) -> dict[str, Any]:
+    info: dict[str, Any] = redis.Redis(port=port).execute_command("CLUSTER INFO")  # parsed by redis-py
+    return info
+
+
+def redis_server_missing() -> bool:
+    """Without redis-server the cluster tests skip, except on CI, where they must run."""
+    if shutil.which("redis-server") is not None:
+        return False
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        raise RuntimeError("CI must run the Redis Cluster tests: install redis-server")
+    return True
