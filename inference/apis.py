@@ -18,7 +18,7 @@ from inference.serializers import GenerateInputSerializer, GenerateOutputSeriali
 from inference.services import (
     generation_run,
     generation_stream_open,
-    model_name,
+    model_named_in,
     router_get,
 )
 from inference.streaming import generate_events, sse_response
@@ -67,7 +67,7 @@ class StatusApi(APIView):
 
 class GenerateApi(APIView):
     required_scope = GENERATE
-    cost = RouteCost(endpoint="generate", end_user_field="user_id", model=model_name)
+    cost = RouteCost(endpoint="generate", end_user_field="user_id", model=model_named_in)
 
     @extend_schema(
         tags=["inference"],
@@ -118,7 +118,7 @@ class JobOutputSerializer(serializers.Serializer):
 
 class JobCreateApi(APIView):
     required_scope = GENERATE
-    cost = RouteCost(endpoint="jobs", end_user_field="user_id", model=model_name, queued=True)
+    cost = RouteCost(endpoint="jobs", end_user_field="user_id", model=model_named_in, queued=True)
 
     @extend_schema(
         tags=["inference"],

@@ -28,10 +28,11 @@ from inference.services import (
     GenerationSession,
     ModelNotFoundError,
     embedding_model_name,
+    embedding_model_named_in,
     embeddings_create,
     generation_run,
     generation_stream_open,
-    model_name,
+    model_named_in,
     models_allowed,
     router_get,
 )
@@ -105,7 +106,7 @@ class _CompletionsBase(APIView):
 class ChatCompletionsApi(_CompletionsBase):
     serializer_class = ChatCompletionInputSerializer
     endpoint = "chat.completions"
-    cost = RouteCost(endpoint="chat.completions", model=model_name)
+    cost = RouteCost(endpoint="chat.completions", model=model_named_in)
 
     @extend_schema(
         tags=["openai"],
@@ -120,7 +121,7 @@ class ChatCompletionsApi(_CompletionsBase):
 class CompletionsApi(_CompletionsBase):
     serializer_class = CompletionInputSerializer
     endpoint = "completions"
-    cost = RouteCost(endpoint="completions", model=model_name)
+    cost = RouteCost(endpoint="completions", model=model_named_in)
 
     @extend_schema(tags=["openai"], request=CompletionInputSerializer, responses=_COMPLETION_RESPONSES)
     def post(self, request: Request) -> Response | StreamingHttpResponse:
@@ -129,7 +130,7 @@ class CompletionsApi(_CompletionsBase):
 
 class EmbeddingsApi(APIView):
     required_scope = GENERATE
-    cost = RouteCost(endpoint="embeddings", model=embedding_model_name)
+    cost = RouteCost(endpoint="embeddings", model=embedding_model_named_in)
 
     @extend_schema(tags=["openai"], request=EmbeddingInputSerializer, responses={200: dict})
     def post(self, request: Request) -> Response:

@@ -154,6 +154,19 @@ def model_name() -> str:
     return router_get().default.name
 
 
+def model_named_in(body: dict[str, Any]) -> str:
+    """The model a request body names (an alias resolved to its name), else the default: what
+    admission's hold records until the answer names the model that did the work."""
+    router = router_get()
+    name = body.get("model")
+    model = router.model(name) if isinstance(name, str) else None
+    return (model or router.default).name
+
+
+def embedding_model_named_in(body: dict[str, Any]) -> str:
+    return embedding_model_name()
+
+
 def models_allowed(*, organization: Organization) -> list[str]:
     """The models the organization may use, in the registry's order (aliases not included)."""
     allowed = organization_model_allowed(organization=organization)

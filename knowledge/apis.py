@@ -25,10 +25,10 @@ from common.request_notes import request_notes
 from inference import openai_format
 from inference.services import (
     GenerationSession,
-    embedding_model_name,
+    embedding_model_named_in,
     generation_run,
     generation_stream_open,
-    model_name,
+    model_named_in,
 )
 from inference.streaming import generate_events, sse_response
 from knowledge import services
@@ -182,7 +182,7 @@ class SearchApi(APIView):
     cost = RouteCost(
         endpoint="search",
         estimate=_query_estimate,
-        model=embedding_model_name,
+        model=embedding_model_named_in,
         requests_limit="search_requests_per_minute",
     )
 
@@ -213,7 +213,7 @@ class RagApi(APIView):
     required_scope = RAG
     # Admitted on the question alone, before the query is embedded or searched; the hold grows
     # to the exact prompt, passages included, before generation.
-    cost = RouteCost(endpoint="rag", end_user_field="user_id", model=model_name)
+    cost = RouteCost(endpoint="rag", end_user_field="user_id", model=model_named_in)
 
     @extend_schema(
         tags=["knowledge"],

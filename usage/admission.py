@@ -2,7 +2,7 @@
 does any work.
 
     class GenerateApi(APIView):
-        cost = RouteCost(endpoint="generate", end_user_field="user_id", model=model_name)
+        cost = RouteCost(endpoint="generate", end_user_field="user_id", model=model_named_in)
 
 `usage.middleware.AdmissionMiddleware` reads the JSON body once, estimates the tokens with
 `estimate` (tiktoken: cheap, no model involved), and reserves them on every budget with the
@@ -29,8 +29,8 @@ class RouteCost:
     estimate: Callable[[dict[str, Any]], TokenEstimate | None] = estimate_body
     # The body field that names the end user whose budget applies.
     end_user_field: str = "user"
-    # The model the reservation's record names until the view settles it.
-    model: Callable[[], str] | None = None
+    # The model the reservation's record names until the view settles it, from the body.
+    model: Callable[[dict[str, Any]], str] | None = None
     # A job: the hold waits with it in the queue and costs nothing if no worker starts it.
     queued: bool = False
     # An organization field with this route's own requests-per-minute limit, counted beside

@@ -127,7 +127,7 @@ class AdmissionMiddleware:
                 context=context,
                 end_user=cost.end_user(body),
                 endpoint=cost.endpoint,
-                model=cost.model() if cost.model is not None else "",
+                model=cost.model(body) if cost.model is not None else "",
                 request_id=notes.request_id,
                 amount=estimate.total,
                 prompt_tokens=estimate.prompt_tokens,
