@@ -95,6 +95,25 @@ DATABASES = {
 }
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# psycopg's connection pool, one per process (PostgreSQL only; 0: none, each thread keeps its
+# own connection for DATABASE_CONN_MAX_AGE). A request holds a connection from its first query
+# until it ends, a stream included, so a process needs as many as it has threads that query;
+# the README sizes it per process type.
+DATABASE_POOL_MAX_SIZE = env.int("DATABASE_POOL_MAX_SIZE", default=0)
+DATABASE_POOL_MIN_SIZE = env.int("DATABASE_POOL_MIN_SIZE", default=min(2, DATABASE_POOL_MAX_SIZE))
+DATABASE_POOL_TIMEOUT = env.float("DATABASE_POOL_TIMEOUT", default=10.0)
+if DATABASE_POOL_MAX_SIZE and DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    if not 0 <= DATABASE_POOL_MIN_SIZE <= DATABASE_POOL_MAX_SIZE:
+        raise ImproperlyConfigured("DATABASE_POOL_MIN_SIZE must be between 0 and DATABASE_POOL_MAX_SIZE.")
+    if env.int("DATABASE_CONN_MAX_AGE", default=0):
+        raise ImproperlyConfigured("DATABASE_CONN_MAX_AGE must be 0 (or unset) with DATABASE_POOL_MAX_SIZE.")
+    # Django returns a connection to the pool when a request ends; it refuses persistent ones.
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": DATABASE_POOL_MIN_SIZE,
+        "max_size": DATABASE_POOL_MAX_SIZE,
+        "timeout": DATABASE_POOL_TIMEOUT,
+    }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets the web process read while a background thread writes.
     DATABASES["default"]["OPTIONS"] = {
