@@ -80,7 +80,7 @@ class _CompletionsBase(APIView):
                 chat=is_chat,
                 include_usage=serializer.include_usage,
                 id=completion_id,
-                model=session.handler.served_model_name,
+                model=session.model,
             )
             return sse_response(events, session=session)
         outcome = generation_run(

@@ -27,6 +27,7 @@ from inference.engine import (
     GenerationFailed,
     GenerationRequest,
     GenerationResult,
+    GenerationStream,
     LLMHandler,
     SamplingParams,
     StreamChunk,
@@ -427,22 +428,22 @@ def _outcome(result: GenerationResult, request_id: str, started: float) -> Gener
 
 @dataclass
 class GenerationSession:
-    """A streamed generation, admitted and reserved. Iterate `events()`: text deltas, then one
-    GenerationOutcome. However the iteration ends — completion, an upstream error, or the client
-    going away (the server closes the generator) — the reservation is settled exactly once,
-    charging what was generated."""
+    """A streamed generation, admitted, reserved and already started: the model (or the router,
+    once it found a deployment that answers) accepted it before the response began, so that a
+    stream that cannot start is an HTTP error, not a 200 with an error event. Iterate `events()`:
+    text deltas, then one GenerationOutcome. However the iteration ends — completion, an upstream
+    error, or the client going away (the server closes the generator) — the reservation is
+    settled exactly once, charging what was generated."""
 
-    handler: Route
-    request: GenerationRequest
+    stream: GenerationStream
+    model: str  # the model the request asked for (its name, an alias resolved)
     reservation: Reservation
     request_id: str
     started: float = field(default_factory=time.perf_counter)
 
     def events(self) -> Iterator[str | GenerationOutcome]:
-        stream = None
         try:
-            stream = self.handler.stream(self.request)
-            for event in stream:
+            for event in self.stream:
                 if isinstance(event, StreamChunk):
                     if event.text:
                         yield event.text
@@ -454,28 +455,26 @@ class GenerationSession:
                     )
                     yield _outcome(event, self.request_id, self.started)
         except GeneratorExit:
-            self._settle_partial(stream, status="cancelled")
+            self._settle_partial(status="cancelled")
             raise
         except Exception:
-            self._settle_partial(stream, status="error")
+            self._settle_partial(status="error")
             raise
         finally:
-            if not self.reservation.settled:
-                self._settle_partial(stream, status="cancelled")
+            self._settle_partial(status="cancelled")
 
     def close(self) -> None:
-        """Settles the reservation if the events were never (fully) iterated."""
+        """Ends a session whose events were never iterated (the client left before the body
+        began): nothing reached it, nothing is charged."""
         if not self.reservation.settled:
+            self.stream.close()
             self.reservation.release(status="cancelled")
 
-    def _settle_partial(self, stream: Any, *, status: str) -> None:
+    def _settle_partial(self, *, status: str) -> None:
         if self.reservation.settled:
             return
-        if stream is None:
-            self.reservation.release(status="error")
-            return
-        stream.close()
-        partial = stream.partial_result()
+        self.stream.close()
+        partial = self.stream.partial_result()
         self.reservation.settle(
             prompt_tokens=partial.prompt_tokens,
             completion_tokens=partial.completion_tokens,
@@ -492,10 +491,27 @@ def generation_stream_open(
     endpoint: str,
     admitted: Reservation | None = None,
 ) -> GenerationSession:
+    """Admits the request and starts its stream (APIError when it cannot start: the reservation
+    is released, nothing charged)."""
+    started = time.perf_counter()
     handler, request, reservation = _admit(
         context=context, spec=spec, request_id=request_id, endpoint=endpoint, admitted=admitted
     )
-    return GenerationSession(handler=handler, request=request, reservation=reservation, request_id=request_id)
+    try:
+        stream = handler.stream(request)
+    except Exception as exc:
+        reservation.release(status="error")
+        raise _engine_errors_as_api_errors(exc) from exc
+    except BaseException:
+        reservation.release(status="error")
+        raise
+    return GenerationSession(
+        stream=stream,
+        model=handler.served_model_name,
+        reservation=reservation,
+        request_id=request_id,
+        started=started,
+    )
 
 
 @dataclass(frozen=True)

@@ -224,6 +224,8 @@ def test_every_deployment_down_and_no_fallback_is_a_clear_error(alice: Tenant, m
     # Both cool down: the next request is refused at once rather than sent to servers known down.
     error = assert_error_shape(completion(alice), status=503, code="model_unavailable")
     assert "cooling down" in error["message"]
+    # A stream that cannot start is an HTTP error too, not a 200 carrying an error event.
+    assert_error_shape(completion(alice, stream=True), status=503, code="model_unavailable")
     usage = records(alice)
     assert all(r.prompt_tokens + r.completion_tokens == 0 for r in usage)
 
