@@ -264,21 +264,20 @@ class Router:
 
     def _health_checks(self) -> None:
         """Probes the cooling deployments until none is left."""
+        deployments = [d for route in self.models for d in route.deployments]
         while not self._stopped.wait(self.config.router.health_check_s):
             now = time.monotonic()
-            cooling = [d for route in self.models for d in route.deployments if not d.available(now)]
-            if not cooling:
-                # Those whose cooldown ran out are back; say so once.
-                for route in self.models:
-                    for d in route.deployments:
-                        if d.cooled_until:
-                            d.restore()
-                with self._health_lock:
-                    self._health_thread = None
-                return
-            for deployment in cooling:
-                if deployment.handler.probe():
+            for deployment in deployments:
+                if deployment.cooled_until and deployment.available(now):
+                    deployment.restore()  # its cooldown ran out
+                elif not deployment.available(now) and deployment.handler.probe():
                     deployment.restore()
+            with self._health_lock:
+                # Under the lock that starts this thread: a cooldown that begins after this
+                # check starts a new one.
+                if not any(d.cooled_until for d in deployments):
+                    self._health_thread = None
+                    return
 
 
 class Route:
