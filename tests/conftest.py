@@ -22,8 +22,8 @@ from accounts.services import api_key_create, membership_create, organization_cr
 
 # The benchmarks start their servers with the same helpers.
 from bench.common import BIN, ROOT, free_port, wait_http, web_command  # noqa: F401
+from bench.redis_cluster import LocalRedisCluster, redis_server_missing
 from common.shared_redis import redis_client, shared_redis_configured
-from tests.cluster_support import LocalRedisCluster, redis_server_missing
 from usage import services as usage_services
 
 

@@ -1,4 +1,5 @@
-"""A Redis Cluster of three primaries on loopback ports, started for the test session."""
+"""A Redis Cluster of three primaries on loopback ports: the tests start one for the session, the
+admission benchmark one for its run."""
 
 from __future__ import annotations
 
