@@ -11,10 +11,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 from django.conf import settings
+from redis.crc import key_slot
 
 from common.shared_redis import redis_client
-from usage.ledger import Balance, Counter, Ledger, LocalLedger, RedisLedger, Sink
+from usage.ledger import CLUSTER_SHARDS, Balance, Counter, KeyLayout, Ledger, LocalLedger, RedisLedger, Sink
 
 
 def _counter(key: str, limit: int, threshold: int | None = None) -> Counter:
@@ -280,3 +282,29 @@ def test_a_withdrawn_hold_that_expired_first_is_refunded(ledger) -> None:
     expired, refunded = _flushed(ledger_, records)
     assert (expired["status"], refunded["status"], refunded["revision"]) == ("expired", "error", 1)
     assert refunded["prompt_tokens"] + refunded["completion_tokens"] == 0
+
+
+def test_one_redis_keeps_the_key_names_from_before_shards() -> None:
+    """An upgrade keeps the counters and the reservations in flight: one shard, no tag."""
+    ledger = RedisLedger(client=redis.Redis(), prefix="p:q:", initial_used=lambda _counter: 0)
+    budget = _counter("organization:7:m2026-11", 100)
+    assert ledger.reservation_id_new(organization_id=7).startswith("rsv_")
+    assert ledger._counter_key(budget) == "p:q:organization:7:m2026-11"
+    assert ledger._settle_keys("rsv_0123abcd") == [
+        "p:q:resv:rsv_0123abcd",
+        "p:q:resv:deadlines",
+        "p:q:usage:records",
+        "p:q:usage:events",
+        "p:q:expired:rsv_0123abcd",
+    ]
+
+
+def test_on_a_cluster_a_reservation_lives_in_its_organizations_slot() -> None:
+    layout = KeyLayout(shards=CLUSTER_SHARDS)
+    ledger = RedisLedger(client=redis.Redis(), prefix="p:q:", initial_used=lambda _counter: 0, layout=layout)
+    rid = ledger.reservation_id_new(organization_id=1)  # the organization of `_counter`'s budgets
+    slots = {key_slot(key.encode()) for key in ledger._settle_keys(rid)}
+    assert slots == {key_slot(ledger._counter_key(_counter("organization:1:m2026-11", 100)).encode())}
+    # One made before the cluster (a queued job's) is shard 0's; its id alone says where.
+    assert layout.reservation_shard("rsv_0123abcd") == 0
+    assert layout.reservation_shard(rid) == 1
