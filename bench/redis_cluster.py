@@ -32,6 +32,13 @@ class LocalRedisCluster:
         return [f"127.0.0.1:{port}" for port in self.ports]
 
     def start(self) -> None:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()  # no node outlives a start that failed
+            raise
+
+    def _start(self) -> None:
         server = shutil.which("redis-server")
         if server is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
