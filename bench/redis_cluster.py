@@ -123,8 +123,9 @@ def _cluster_info(port: int) -> dict[str, Any]:
 
 
 def redis_server_missing() -> bool:
-    """Without redis-server the cluster tests skip, except on CI, where they must run."""
-    if shutil.which("redis-server") is not None:
+    """Without redis-server (and its redis-cli) the cluster tests skip, except on CI, where
+    they must run."""
+    if shutil.which("redis-server") is not None and shutil.which("redis-cli") is not None:
         return False
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         raise RuntimeError("CI must run the Redis Cluster tests: install redis-server")
