@@ -114,7 +114,8 @@ def budget_counters(
         counters.append(
             _counter(
                 scope="member",
-                subject=str(context.user.pk),
+                # A user can belong to several organizations, each with its own budget for them.
+                subject=f"{org.pk}:{context.user.pk}",
                 label=f"member '{context.user.email}' token budget",
                 limit=membership.token_budget,
                 period=membership.budget_period,
@@ -142,7 +143,8 @@ def budget_counters(
             counters.append(
                 _counter(
                     scope="end_user",
-                    subject=end_user,
+                    # End user ids are the tenant's own: two tenants' "42" are two people.
+                    subject=f"{org.pk}:{end_user}",
                     label=f"end user '{end_user}' token budget",
                     limit=limit,
                     period=period,
@@ -156,6 +158,8 @@ def budget_counters(
 def _initial_used(counter: Counter) -> int:
     scope, rest = counter.key.split(":", 1)
     subject, period_key = rest.rsplit(":", 1)
+    if scope in ("member", "end_user"):
+        subject = subject.split(":", 1)[1]  # after the organization's id
     since: datetime | None = None
     if period_key.startswith("d"):
         since = datetime.strptime(period_key[1:], "%Y-%m-%d").replace(tzinfo=UTC)

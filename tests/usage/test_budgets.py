@@ -196,3 +196,31 @@ def test_stream_closed_before_its_body_started_releases_the_reservation(
     response.close()  # the client left before reading anything: the server closes the response
     budgets = alice.client().get("/api/v1/me/").json()["budgets"]
     assert [(b["used"], b["reserved"]) for b in budgets] == [(0, 0)]
+
+
+def test_an_end_users_budget_is_counted_per_organization(
+    alice: Tenant, charlie: Tenant, openai_backend: str
+) -> None:
+    """Two tenants whose end users share an id (their own "u-1") share nothing."""
+    for tenant in (alice, charlie):
+        tenant.organization.end_user_token_budget = 12
+        tenant.organization.save()
+    assert _generate(alice, user_id="u-1").status_code == 200
+    assert _generate(alice, user_id="u-1").status_code == 429
+    assert _generate(charlie, user_id="u-1").status_code == 200  # Charlie's u-1 has spent nothing
+
+
+def test_a_members_budget_in_one_organization_ignores_their_work_in_another(
+    alice: Tenant, charlie: Tenant, openai_backend: str
+) -> None:
+    from accounts.services import membership_create
+
+    membership_create(organization=charlie.organization, user=alice.owner)
+    _key, in_charlie = api_key_create(
+        organization=charlie.organization, name="alice-at-charlie", user=alice.owner
+    )
+    call_command("set_budget", "--org", "alice", "--user", alice.owner.email, "--tokens", "15")
+    call_command("set_budget", "--org", "charlie", "--user", alice.owner.email, "--tokens", "15")
+    assert _generate(charlie, secret=in_charlie).status_code == 200
+    assert _generate(alice).status_code == 200  # what she spent at Charlie's is not Alice's budget
+    assert _generate(alice).status_code == 429

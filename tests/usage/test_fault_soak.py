@@ -426,6 +426,9 @@ def _records_of_budget(scope: str, subject: str, period_key: str) -> Any:
     since = _period_start(period_key)
     if since is not None:
         records = records.filter(created_at__gte=since)
+    if scope in ("member", "end_user"):  # their subject is "<organization id>:<member or end user>"
+        organization_id, subject = subject.split(":", 1)
+        records = records.filter(organization_id=int(organization_id))
     field = {"organization": "organization_id", "api_key": "api_key_id", "member": "user_id"}.get(scope)
     return records.filter(**{field: int(subject)}) if field else records.filter(end_user=subject)
 
@@ -434,11 +437,13 @@ def _known_limits(tenants: dict[str, Tenant]) -> dict[tuple[str, str], int]:
     main, tiny = tenants["main"], tenants["tiny"]
     limits = {
         ("organization", str(main.organization.pk)): MAIN_QUOTA,
-        ("member", str(main.owner.pk)): MAIN_MEMBER_BUDGET,
+        ("member", f"{main.organization.pk}:{main.owner.pk}"): MAIN_MEMBER_BUDGET,
         ("api_key", str(main.api_key.pk)): MAIN_KEY_BUDGET,
         ("organization", str(tiny.organization.pk)): TINY_QUOTA,
     }
-    limits.update({("end_user", end_user): END_USER_BUDGET for end_user in END_USERS})
+    limits.update(
+        {("end_user", f"{main.organization.pk}:{end_user}"): END_USER_BUDGET for end_user in END_USERS}
+    )
     return limits
 
 
