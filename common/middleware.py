@@ -11,13 +11,14 @@ from django.conf import settings
 from django.core.handlers.exception import convert_exception_to_response
 from django.http import HttpRequest, HttpResponse
 from django.utils.module_loading import import_string
+from opentelemetry import trace
 
 from common import after_response
 from common.errors import error_response, internal_error_response, is_api_path
 from common.logging import request_id_var
 from common.metrics import REQUEST_LATENCY, REQUESTS
 from common.request_notes import request_notes
-from common.tracing import current_ids
+from common.tracing import current_ids, server_span_end, server_span_start
 
 logger = logging.getLogger("platform.request")
 
@@ -71,13 +72,29 @@ def _log_request(
 
 class RequestIDMiddleware:
     """Gives every request an id (the client's X-Request-ID when it is sane), puts it in the
-    logs and on the response, and records Prometheus metrics."""
+    logs and on the response, records Prometheus metrics and, with tracing on, the request's
+    server span (outermost, so that every log line of the request carries its trace id)."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         started = time.perf_counter()
+        server_span = server_span_start(request)
+        response: HttpResponse | None = None
+        route: str | None = None
+        try:
+            response = self._serve(request, started=started)
+            match = getattr(request, "resolver_match", None)
+            route = match.route if match is not None else None
+            return response
+        finally:
+            if server_span is not None:
+                server_span_end(
+                    server_span, route=route, status=response.status_code if response is not None else None
+                )
+
+    def _serve(self, request: HttpRequest, *, started: float) -> HttpResponse:
         incoming = request.headers.get("X-Request-ID", "")
         request_id = incoming if _SANE_REQUEST_ID.match(incoming) else f"req_{uuid.uuid4().hex}"
         request_notes(request).request_id = request_id
@@ -135,6 +152,8 @@ class APIErrorMiddleware:
         return response
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        # On the server span (a no-op when the request is not traced).
+        trace.get_current_span().record_exception(exception)
         if not is_api_path(request.path):
             return None
         logger.exception("Unhandled error on %s %s", request.method, request.path)

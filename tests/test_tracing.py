@@ -43,29 +43,14 @@ def spans() -> Iterator[InMemorySpanExporter]:
     process, so after the module's tests (pytest-django runs the transactional one apart) the
     instrumentations are removed and the exporter stops keeping spans; the next use puts the
     instrumentations back."""
-    from opentelemetry.instrumentation.celery import CeleryInstrumentor
-    from opentelemetry.instrumentation.django import DjangoInstrumentor
-    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
-    from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
-    from opentelemetry.instrumentation.redis import RedisInstrumentor
-    from opentelemetry.instrumentation.requests import RequestsInstrumentor
-
     assert tracing.tracing_configure(exporter=_exporter, batch=False)
-    if not DjangoInstrumentor().is_instrumented_by_opentelemetry:
+    if not tracing.server_spans_enabled():
         tracing.tracing_instrument()
     _exporter.recording = True
     yield _exporter
     _exporter.recording = False
     _exporter.clear()
-    for instrumentor in (
-        DjangoInstrumentor(),
-        CeleryInstrumentor(),
-        RedisInstrumentor(),
-        PsycopgInstrumentor(),
-        RequestsInstrumentor(),
-        HTTPXClientInstrumentor(),
-    ):
-        instrumentor.uninstrument()
+    tracing.tracing_uninstrument()
 
 
 @pytest.fixture
@@ -124,6 +109,41 @@ def test_a_generation_is_one_trace_from_the_request_to_the_engine(
     )
     (line,) = [record for record in caplog.records if record.name == "platform.access"]
     assert line.trace_id == trace_id
+
+
+@pytest.mark.django_db
+def test_a_callers_trace_context_is_continued_by_the_server_span(
+    alice: Tenant, spans: InMemorySpanExporter
+) -> None:
+    spans.clear()
+    trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    response = alice.client().get("/api/v1/usage/", HTTP_TRACEPARENT=f"00-{trace_id}-{parent_id}-01")
+    assert response.status_code == 200, response.content
+    server = next(span for span in spans.get_finished_spans() if span.kind.name == "SERVER")
+    assert _trace_id(server) == trace_id
+    assert server.parent is not None and format(server.parent.span_id, "016x") == parent_id
+    assert server.name == "GET api/v1/usage/"
+    assert dict(server.attributes or {}) == {
+        "http.request.method": "GET",
+        "url.path": "/api/v1/usage/",
+        "url.scheme": "http",
+        "http.route": "api/v1/usage/",
+        "http.response.status_code": 200,
+    }
+
+
+@pytest.mark.django_db
+def test_a_request_without_trace_context_starts_a_trace_and_an_unknown_route_is_not_named(
+    alice: Tenant, spans: InMemorySpanExporter
+) -> None:
+    spans.clear()
+    assert alice.client().get("/api/v1/does-not-exist/").status_code == 404
+    (server,) = [span for span in spans.get_finished_spans() if span.kind.name == "SERVER"]
+    assert server.parent is None
+    assert server.name == "GET"
+    assert server.attributes is not None and "http.route" not in server.attributes
+    assert server.attributes["http.response.status_code"] == 404
+    assert server.status.status_code.name == "UNSET"
 
 
 @pytest.mark.django_db
@@ -193,12 +213,11 @@ def test_an_operator_can_leave_out_instrumentations() -> None:
     script = (
         "import django, os; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'platform.settings.test'); "
         "django.setup(); from common.tracing import tracing_instrument; tracing_instrument(); "
+        "from common.tracing import server_spans_enabled; "
         "from opentelemetry.instrumentation.redis import RedisInstrumentor; "
         "from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor; "
-        "from opentelemetry.instrumentation.django import DjangoInstrumentor; "
         "print(RedisInstrumentor().is_instrumented_by_opentelemetry, "
-        "PsycopgInstrumentor().is_instrumented_by_opentelemetry, "
-        "DjangoInstrumentor().is_instrumented_by_opentelemetry)"
+        "PsycopgInstrumentor().is_instrumented_by_opentelemetry, server_spans_enabled())"
     )
     env = {**os.environ, "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "redis, psycopg"}
     env.pop("DJANGO_SETTINGS_MODULE", None)
@@ -207,3 +226,41 @@ def test_an_operator_can_leave_out_instrumentations() -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["False", "False", "True"]
+
+
+def test_a_full_export_queue_drops_spans_without_a_log_record_each(caplog: Any) -> None:
+    """With the collector down the queue fills; each span more is dropped for the price of a
+    counter, and one warning a minute says how many."""
+    import threading
+
+    from opentelemetry.sdk.trace import TracerProvider
+
+    exporting, release = threading.Event(), threading.Event()
+
+    class Stuck(InMemorySpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            exporting.set()
+            release.wait(30)
+            return SpanExportResult.FAILURE
+
+    processor = tracing.DroppingBatchSpanProcessor(Stuck(), max_queue_size=8, max_export_batch_size=4)
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("test")
+    try:
+        for _ in range(4):  # a batch: the export thread takes it and hangs
+            tracer.start_span("x").end()
+        assert exporting.wait(30)
+        with caplog.at_level(logging.DEBUG):
+            for _ in range(8 + 5):
+                tracer.start_span("x").end()
+            assert processor._dropped == 5
+            assert not caplog.records
+            processor._reported_at -= processor._REPORT_EVERY_S
+            tracer.start_span("x").end()
+        assert [r.getMessage() for r in caplog.records] == [
+            "Tracing: 6 spans dropped, the export queue being full"
+        ]
+    finally:
+        release.set()
+        provider.shutdown()
