@@ -9,6 +9,7 @@ through; a process that dies before closing leaves the reservation to expire.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from collections.abc import Callable
 from contextvars import ContextVar, Token
@@ -37,14 +38,17 @@ def attach(token: Token[list[Callable[[], object]] | None], response: HttpRespon
     """Stops collecting; the collected work runs when the server closes `response`."""
     pending = _pending.get() or []
     _pending.reset(token)
+    # The work runs in the request's context: its trace (the settlement's Redis call is a span
+    # of the request's trace, not a trace of its own) and its request id.
+    context = contextvars.copy_context()
     for fn in pending:
-        response._resource_closers.append(_logged(fn))  # type: ignore[attr-defined]
+        response._resource_closers.append(_logged(fn, context))  # type: ignore[attr-defined]
 
 
-def _logged(fn: Callable[[], object]) -> Callable[[], None]:
+def _logged(fn: Callable[[], object], context: contextvars.Context) -> Callable[[], None]:
     def run() -> None:
         try:
-            fn()
+            context.run(fn)
         except Exception:
             logger.exception("Deferred work after the response failed")
 

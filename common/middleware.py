@@ -102,9 +102,9 @@ class RequestIDMiddleware:
         deferred = after_response.collect()
         try:
             response = self.get_response(request)
+            after_response.attach(deferred, response)
         finally:
             request_id_var.reset(token)
-        after_response.attach(deferred, response)
         response["X-Request-ID"] = request_id
         match = getattr(request, "resolver_match", None)
         route = match.route if match is not None else "unmatched"

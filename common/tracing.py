@@ -25,6 +25,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -96,7 +97,6 @@ def tracing_instrument() -> None:
     from opentelemetry.instrumentation.celery import CeleryInstrumentor
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
     from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
-    from opentelemetry.instrumentation.redis import RedisInstrumentor
     from opentelemetry.instrumentation.requests import RequestsInstrumentor
 
     global _server_spans
@@ -108,7 +108,7 @@ def tracing_instrument() -> None:
     if "celery" not in disabled:
         CeleryInstrumentor().instrument()
     if "redis" not in disabled:
-        RedisInstrumentor().instrument()
+        redis_spans_instrument()
     if "psycopg" not in disabled:
         PsycopgInstrumentor().instrument(enable_commenter=False)
     if "requests" not in disabled:
@@ -131,14 +131,13 @@ def tracing_uninstrument() -> None:
     from opentelemetry.instrumentation.celery import CeleryInstrumentor
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
     from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
-    from opentelemetry.instrumentation.redis import RedisInstrumentor
     from opentelemetry.instrumentation.requests import RequestsInstrumentor
 
     global _server_spans
     _server_spans = False
+    redis_spans_uninstrument()
     for instrumentor in (
         CeleryInstrumentor(),
-        RedisInstrumentor(),
         PsycopgInstrumentor(),
         RequestsInstrumentor(),
         HTTPXClientInstrumentor(),
@@ -147,8 +146,23 @@ def tracing_uninstrument() -> None:
             instrumentor.uninstrument()
 
 
-def server_spans_enabled() -> bool:
-    return _server_spans
+def tracing_instrumented() -> set[str]:
+    """The instrumentations in place, by the names OTEL_PYTHON_DISABLED_INSTRUMENTATIONS uses."""
+    from opentelemetry.instrumentation.celery import CeleryInstrumentor
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+    from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
+    from opentelemetry.instrumentation.requests import RequestsInstrumentor
+
+    names = {name for name, on in (("django", _server_spans), ("redis", _redis_wrapped)) if on}
+    for name, instrumentor in (
+        ("celery", CeleryInstrumentor()),
+        ("psycopg", PsycopgInstrumentor()),
+        ("requests", RequestsInstrumentor()),
+        ("httpx", HTTPXClientInstrumentor()),
+    ):
+        if instrumentor.is_instrumented_by_opentelemetry:
+            names.add(name)
+    return names
 
 
 # --- The server span ------------------------------------------------------------------------
@@ -224,16 +238,130 @@ def server_span_end(server: ServerSpan, *, route: str | None, status: int | None
     span = server.span
     try:
         if span.is_recording():
+            attributes: dict[str, str | int] = {}
             if route:
                 span.update_name(f"{server.method if server.method != '_OTHER' else 'HTTP'} {route}")
-                span.set_attribute("http.route", route)
+                attributes["http.route"] = route
+            if status is not None:
+                attributes["http.response.status_code"] = status
+            span.set_attributes(attributes)
             if status is None or status >= 500:
                 span.set_status(Status(StatusCode.ERROR))
-            if status is not None:
-                span.set_attribute("http.response.status_code", status)
             span.end()
     finally:
         otel_context.detach(server.token)
+
+
+# --- Redis client spans ----------------------------------------------------------------------
+#
+# In place of opentelemetry-instrumentation-redis, whose wrapper cost about 390,000 instructions
+# per command, four times a bare span (BENCHMARKS.md, issue 15): it formatted the command,
+# set eight attributes one lock at a time from the connection's settings, and made each span
+# current. Here a command's span is made only under a recorded span (a request's or a task's:
+# a background thread's polling does not start traces of its own), with the connection's
+# attributes worked out once per client, and it is never current (nothing runs under it).
+
+_redis_tracer = trace.get_tracer("common.tracing.redis")
+_redis_wrapped = False
+_MAX_STATEMENT = 1000
+_peer_attributes: weakref.WeakKeyDictionary[Any, dict[str, str | int]] = weakref.WeakKeyDictionary()
+
+
+def _redis_peer(client: Any) -> dict[str, str | int]:
+    attributes = _peer_attributes.get(client)
+    if attributes is None:
+        attributes = {"db.system": "redis"}
+        pool = getattr(client, "connection_pool", None)
+        options = getattr(pool, "connection_kwargs", None) or {}
+        if "path" in options:
+            attributes["net.peer.name"] = str(options["path"])
+            attributes["net.transport"] = "other"
+        elif options:
+            attributes["net.peer.name"] = str(options.get("host", "localhost"))
+            attributes["net.peer.port"] = int(options.get("port", 6379))
+            attributes["net.transport"] = "ip_tcp"
+        if options:
+            attributes["db.redis.database_index"] = int(options.get("db") or 0)
+        _peer_attributes[client] = attributes
+    return attributes
+
+
+def _redis_span(client: Any, name: str, attributes: dict[str, Any]) -> trace.Span | None:
+    if not trace.get_current_span().is_recording():
+        return None
+    return _redis_tracer.start_span(
+        name, kind=SpanKind.CLIENT, attributes={**_redis_peer(client), **attributes}
+    )
+
+
+def _redis_call(span: trace.Span | None, call: Any, args: Any, kwargs: Any) -> Any:
+    if span is None:
+        return call(*args, **kwargs)
+    try:
+        return call(*args, **kwargs)
+    except Exception as exc:
+        span.record_exception(exc)
+        span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+        raise
+    finally:
+        span.end()
+
+
+def _traced_command(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    """`Redis.execute_command` and `RedisCluster.execute_command`: a span named after the
+    command, its arguments left out (`EVALSHA ? ? ?`)."""
+    span = None
+    if args:
+        command = str(args[0])
+        statement = command + " ?" * (len(args) - 1)
+        span = _redis_span(
+            instance,
+            command,
+            {"db.statement": statement[:_MAX_STATEMENT], "db.redis.args_length": len(args)},
+        )
+    return _redis_call(span, wrapped, args, kwargs)
+
+
+def _traced_pipeline(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    """`Pipeline.execute` and `ClusterPipeline.execute`: one span for the whole pipeline."""
+    stack = getattr(instance, "command_stack", None) or []
+    # redis.client's stack holds (args, options) pairs, redis.cluster's PipelineCommand objects.
+    names = [str((command.args if hasattr(command, "args") else command[0])[0]) for command in stack]
+    statement = "\n".join(names)[:_MAX_STATEMENT]
+    span = _redis_span(
+        instance,
+        " ".join(dict.fromkeys(names))[:_MAX_STATEMENT] or "PIPELINE",
+        {"db.statement": statement, "db.redis.pipeline_length": len(stack)},
+    )
+    return _redis_call(span, wrapped, args, kwargs)
+
+
+def redis_spans_instrument() -> None:
+    global _redis_wrapped
+    if _redis_wrapped:
+        return
+    from wrapt import wrap_function_wrapper
+
+    wrap_function_wrapper("redis.client", "Redis.execute_command", _traced_command)
+    wrap_function_wrapper("redis.client", "Pipeline.execute", _traced_pipeline)
+    wrap_function_wrapper("redis.cluster", "RedisCluster.execute_command", _traced_command)
+    wrap_function_wrapper("redis.cluster", "ClusterPipeline.execute", _traced_pipeline)
+    _redis_wrapped = True
+
+
+def redis_spans_uninstrument() -> None:
+    global _redis_wrapped
+    if not _redis_wrapped:
+        return
+    import redis.client
+    import redis.cluster
+    from opentelemetry.instrumentation.utils import unwrap
+
+    unwrap(redis.client.Redis, "execute_command")
+    unwrap(redis.client.Pipeline, "execute")
+    unwrap(redis.cluster.RedisCluster, "execute_command")
+    unwrap(redis.cluster.ClusterPipeline, "execute")
+    _redis_wrapped = False
 
 
 # --- Export ------------------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 decode, children of whatever span the request was submitted under.
 
 The engine uses the OpenTelemetry API only, never the SDK: with no SDK installed (tracing off)
-the submitting thread's span is invalid, `SequenceTrace.start` answers None and nothing more is
-done. The scheduler thread times each phase itself and records the spans with those times, since
+the submitting thread's span is not recording, `SequenceTrace.start` answers None and nothing
+more is done; the same for a request that sampling left out. The scheduler thread times each phase itself and records the spans with those times, since
 one forward pass serves many sequences' phases at once.
 """
 
@@ -28,7 +28,8 @@ class SequenceTrace:
     def start(cls, *, model: str, prompt_tokens: int) -> SequenceTrace | None:
         """On the submitting thread: a trace under its current span, if that one is recorded."""
         parent = otel_context.get_current()
-        if not trace.get_current_span(parent).get_span_context().is_valid:
+        # Not recorded (no SDK, or the request sampled out): its children would not be either.
+        if not trace.get_current_span(parent).is_recording():
             return None
         return cls(parent=parent, model=model, prompt_tokens=prompt_tokens)
 
