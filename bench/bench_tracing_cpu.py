@@ -79,7 +79,12 @@ def _child(warmup: int, profile: bool) -> None:
             "wsgi.run_once": False,
             "wsgi.version": (1, 0),
         }
-        result = application(environ, lambda status, headers, *exc: statuses.append(status))
+
+        def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+            statuses.append(status)
+            return lambda data: None
+
+        result = application(environ, start_response)
         for _ in result:
             pass
         if hasattr(result, "close"):

@@ -21,6 +21,7 @@ choices below.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import threading
@@ -212,7 +213,7 @@ def _incoming_context(meta: Mapping[str, str]) -> otel_context.Context | None:
 class ServerSpan:
     span: trace.Span
     method: str
-    token: object
+    token: contextvars.Token[otel_context.Context]
 
 
 def server_span_start(request: HttpRequest) -> ServerSpan | None:
