@@ -12,7 +12,7 @@ elsewhere falls on all of them alike; the cost is the median over chunks of on/o
 round.
 
     python bench/bench_tracing_cpu.py [--chunks 20] [--chunk 100] [--sampled 0.1]
-        [--disable redis,psycopg] [--compare ../other-checkout] [--profile on] [--callgrind] [--reuse]
+        [--disable redis,psycopg] [--compare ../other-checkout ...] [--profile on] [--callgrind] [--off-only] [--reuse]
 
 `--callgrind` runs the processes under valgrind and counts the instructions of each chunk,
 which the machine's load does not change (use few chunks: it is 50 times slower).
@@ -258,12 +258,23 @@ def main() -> None:
         default=[],
         help="also tracing on with OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=this (repeatable)",
     )
-    parser.add_argument("--compare", type=Path, help="also tracing off and on in this other checkout")
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        action="append",
+        default=[],
+        help="also tracing off and on in this other checkout (repeatable)",
+    )
     parser.add_argument(
         "--profile", help="pyinstrument this variant (on, off, ...) into /tmp/tracing-<variant>.json"
     )
     parser.add_argument(
         "--callgrind", action="store_true", help="also count instructions under valgrind (slow, exact)"
+    )
+    parser.add_argument(
+        "--off-only",
+        action="store_true",
+        help="only tracing off, in each checkout (the request path's own cost, before/after)",
     )
     parser.add_argument("--reuse", action="store_true", help="keep the previous run's database")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -302,12 +313,14 @@ def main() -> None:
                 ROOT,
                 {**on, "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": disabled},
             )
-        if args.compare:
-            root = args.compare.resolve()
+        for other in args.compare:
+            root = other.resolve()
             setups[f"{root.name}: off"] = (root, _tracing_env("off"))
             setups[f"{root.name}: on"] = (root, on)
         for name, (root, extra) in setups.items():
             if args.profile and name != args.profile:
+                continue
+            if args.off_only and not name.endswith("off"):
                 continue
             slug = name.replace(" ", "").replace(",", "-").replace(":", "-")
             variants.append(
