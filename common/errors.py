@@ -172,10 +172,20 @@ def handler500(request: HttpRequest) -> HttpResponse:
     return server_error(request)
 
 
+# Redis, or a Redis Cluster, that did not answer: a connection refused or timed out, a cluster
+# with no node to reach or a slot without a node while it fails over.
+_STORE_UNREACHABLE = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.RedisClusterException,
+)
+
+
 def internal_error_response(exception: BaseException | None = None) -> JsonResponse:
     """A 500 in the error shape; a 503 that says to retry when the shared store (Redis: rate
     limits, budgets, key cache) could not be reached, since nothing was done or charged."""
-    if isinstance(exception, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
+    if isinstance(exception, _STORE_UNREACHABLE):
         return error_response(
             status=503,
             message="The platform's shared store is unavailable; nothing was charged. Retry shortly.",

@@ -16,8 +16,15 @@ from typing import Any
 import redis
 from django.conf import settings
 from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import RedisClusterException
 
 SharedRedis = redis.Redis | RedisCluster
+
+# What a call to the shared store raises when it fails. The cluster client's own failures (no
+# node reachable, a slot without a node while the cluster heals) are RedisClusterException,
+# which is not a RedisError: a handler that caught RedisError alone let them through as a 500,
+# or lost a settlement that it should have deferred.
+REDIS_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, RedisClusterException)
 
 
 def shared_redis_configured() -> bool:

@@ -65,21 +65,27 @@ def on_redis_cluster(
 ) -> Iterator[list[str]]:
     """This process, and the servers and workers the test starts, keep their shared state on
     the Redis Cluster (REDIS_CLUSTER_NODES); Celery's broker stays REDIS_URL."""
-    monkeypatch.setenv("REDIS_CLUSTER_NODES", ",".join(redis_cluster.nodes))
-    settings.REDIS_CLUSTER_NODES = redis_cluster.nodes
+    use_redis_cluster(redis_cluster.nodes, settings=settings, monkeypatch=monkeypatch)
+    _clear()
+    yield redis_cluster.nodes
+    _clear()
+
+
+def use_redis_cluster(nodes: list[str], *, settings: Any, monkeypatch: Any) -> None:
+    """Points this test's shared state (and its servers' and workers') at the cluster of these
+    nodes."""
+    monkeypatch.setenv("REDIS_CLUSTER_NODES", ",".join(nodes))
+    settings.REDIS_CLUSTER_NODES = nodes
     settings.CACHES = {
         "default": {
             "BACKEND": "common.cache.ClusterRedisCache",
-            "LOCATION": redis_cluster.nodes,
+            "LOCATION": nodes,
             "KEY_PREFIX": settings.CACHE_KEY_PREFIX,
         }
     }
     # This process's invalidation subscriber stays on the Redis it started on: no local key
     # cache here (the servers the test starts have theirs, subscribed to the cluster).
     settings.API_KEY_LOCAL_CACHE_SECONDS = 0
-    _clear()
-    yield redis_cluster.nodes
-    _clear()
 
 
 @pytest.fixture(params=["redis", "redis-cluster"])

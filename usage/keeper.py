@@ -20,8 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import redis
-
+from common.shared_redis import REDIS_ERRORS
 from usage.ledger import Ledger
 
 logger = logging.getLogger(__name__)
@@ -96,7 +95,7 @@ class ReservationKeeper:
         if running:
             try:
                 self._ledger().extend(reservation_ids=running, ttl_seconds=ttl_seconds)
-            except redis.RedisError as exc:
+            except REDIS_ERRORS as exc:
                 logger.warning("Could not extend %d running reservations: %s", len(running), exc)
 
     def retry_pending(self) -> None:
@@ -113,7 +112,7 @@ class ReservationKeeper:
                         record_update=settlement.record_update,
                         tokens=settlement.tokens,
                     )
-            except redis.RedisError:
+            except REDIS_ERRORS:
                 failed = pending[index:]
                 break
         if failed:

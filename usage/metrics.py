@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 
-import redis
 from django.db import DatabaseError
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from common.shared_redis import REDIS_ERRORS
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ class MeteringCollector(Collector):
         try:
             active = ledger.active_reservations()
             pending = records.stream_pending(ledger=ledger) if isinstance(ledger, RedisLedger) else 0
-        except redis.RedisError:
+        except REDIS_ERRORS:
             logger.warning("Could not read the ledger's state", exc_info=True)
             return
         yield GaugeMetricFamily("llmp_reservations_active", "Budget reservations open.", value=active)

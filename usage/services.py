@@ -6,7 +6,6 @@ from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
-import redis
 from django.conf import settings
 from django.core.cache import cache as django_cache
 from django.utils import timezone
@@ -16,7 +15,7 @@ from accounts.context import AuthContext
 from accounts.models import BudgetPeriod, EndUserBudget, Organization
 from common.errors import APIError
 from common.metrics import TOKENS
-from common.shared_redis import cluster_configured, redis_client, shared_redis_configured
+from common.shared_redis import REDIS_ERRORS, cluster_configured, redis_client, shared_redis_configured
 from usage import periods, ratelimit, records
 from usage.keeper import PendingSettlement, ReservationKeeper
 from usage.ledger import (
@@ -264,7 +263,7 @@ class Reservation:
         _keeper.untrack(self.reservation_id)
         try:
             self.ledger.withdraw(reservation_id=self.reservation_id)
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             logger.warning("Cancellation of %s deferred: %s", self.reservation_id, exc)
             _keeper.retry_later(
                 PendingSettlement(reservation_id=self.reservation_id, record_update={}, tokens=0, cancel=True)
@@ -293,7 +292,7 @@ class Reservation:
             settlement = self.ledger.settle(
                 reservation_id=self.reservation_id, record_update=update, tokens=tokens
             )
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             logger.warning("Settlement of %s deferred: %s", self.reservation_id, exc)
             _keeper.retry_later(
                 PendingSettlement(reservation_id=self.reservation_id, record_update=update, tokens=tokens)

@@ -15,8 +15,10 @@ from django.core.cache import cache
 from redis.crc import key_slot
 
 from accounts.services import api_key_revoke
+from bench.redis_cluster import LocalRedisCluster, redis_server_missing
 from common.shared_redis import redis_client
-from tests.conftest import Tenant, get_status, make_tenant
+from tests.conftest import Tenant, assert_error_shape, get_status, make_tenant, use_redis_cluster
+from usage import services as usage_services
 from usage.ledger import CLUSTER_SHARDS, RedisLedger
 from usage.metrics import MeteringCollector
 from usage.models import UsageRecord
@@ -147,3 +149,48 @@ def test_a_revoked_key_is_refused_by_every_process_within_a_second(
     while pending and time.monotonic() - revoked_at <= 1.0:
         pending = {base for base in pending if get_status(f"{base}/api/v1/me/", alice.secret) != 401}
     assert not pending
+
+
+def test_a_cluster_that_cannot_be_reached_is_a_503_to_retry(
+    alice: Tenant, openai_backend: str, settings: Any, monkeypatch: Any
+) -> None:
+    """redis-py's cluster client says it cannot reach any node with RedisClusterException,
+    which is not a RedisError: it must still read as the shared store being down."""
+    if redis_server_missing():
+        pytest.skip("needs redis-server (CI installs it)")
+    cluster = LocalRedisCluster()  # its ports are free, and nothing listens on them yet
+    use_redis_cluster(cluster.nodes, settings=settings, monkeypatch=monkeypatch)
+    client = alice.client()
+    client.raise_request_exception = False
+    response = client.post("/api/v1/generate/", BODY, format="json")
+    assert_error_shape(response, status=503, code="store_unavailable")
+    assert response["Retry-After"] == "1"
+
+
+def test_a_settlement_the_cluster_cannot_take_waits_for_it(
+    alice: Tenant, openai_backend: str, settings: Any, monkeypatch: Any
+) -> None:
+    """A cluster lost between a request's admission and its settlement: the settlement is
+    kept for the keeper to retry (a lost one would be a request never charged), and the next
+    request is a 503."""
+    if redis_server_missing():
+        pytest.skip("needs redis-server (CI installs it)")
+    cluster = LocalRedisCluster()
+    cluster.start()
+    try:
+        use_redis_cluster(cluster.nodes, settings=settings, monkeypatch=monkeypatch)
+        alice.organization.token_quota = 1_000
+        alice.organization.save()
+        assert alice.client().post("/api/v1/generate/", BODY, format="json").status_code == 200
+        reservation = usage_services.quota_reserve(
+            context=alice.context(), end_user=None, endpoint="generate", model="m", request_id="r", amount=50
+        )
+    finally:
+        cluster.stop()
+    reservation.settle(prompt_tokens=5, completion_tokens=7)
+    assert usage_services._keeper.pending() == 1
+    client = alice.client()
+    client.raise_request_exception = False
+    assert_error_shape(
+        client.post("/api/v1/generate/", BODY, format="json"), status=503, code="store_unavailable"
+    )
