@@ -9,7 +9,9 @@ whose task was lost (`webhook_deliveries_due`).
 A receiver checks `Webhook-Signature: t=<unix time>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`
 against its secret and refuses an old `t`. Addresses that resolve to private, loopback,
 link-local or otherwise non-public networks are refused, at creation and before each attempt
-(unless `WEBHOOK_ALLOW_PRIVATE`); redirects are not followed.
+(unless `WEBHOOK_ALLOW_PRIVATE`), and an attempt connects to an address it checked: the host is
+resolved once, so a name that answers a public address to the check and a private one a moment
+later (DNS rebinding) cannot send the request inside the network. Redirects are not followed.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import uuid
 from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 import httpx
 from django.conf import settings
@@ -65,14 +67,40 @@ def _public_addresses(host: str) -> list[str]:
     return addresses
 
 
-def url_check(url: str) -> None:
-    """An http(s) URL with a host whose every address is public (see the module's docstring)."""
+def _post_pinned(
+    parts: SplitResult, addresses: list[str], *, content: bytes, headers: dict[str, str]
+) -> httpx.Response:
+    """POSTs to the URL at one of the checked `addresses` (the next one when an address does
+    not connect), naming the host in `Host` and, over TLS, in SNI, which is also the name the
+    certificate is verified against."""
+    extensions = {"sni_hostname": parts.hostname} if parts.scheme == "https" else {}
+    with httpx.Client(timeout=settings.WEBHOOK_TIMEOUT_SECONDS, follow_redirects=False) as client:
+        for index, address in enumerate(addresses):
+            ip = ipaddress.ip_address(address.split("%")[0])
+            host = f"[{ip}]" if ip.version == 6 else str(ip)
+            netloc = host if parts.port is None else f"{host}:{parts.port}"
+            try:
+                return client.post(
+                    urlunsplit(parts._replace(netloc=netloc)),
+                    content=content,
+                    headers={**headers, "Host": parts.netloc},
+                    extensions=extensions,
+                )
+            except httpx.ConnectError:
+                if index == len(addresses) - 1:
+                    raise
+    raise AddressRefused(f"{parts.hostname} does not resolve.", param="url")
+
+
+def url_check(url: str) -> list[str]:
+    """An http(s) URL with a host whose every address is public (see the module's docstring):
+    those addresses."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise APIError("The URL must be http:// or https:// with a host.", param="url")
     if parts.username or parts.password:
         raise APIError("The URL may not carry credentials.", param="url")
-    _public_addresses(parts.hostname)
+    return _public_addresses(parts.hostname)
 
 
 # Endpoints.
@@ -216,22 +244,18 @@ def _send(delivery: WebhookDelivery) -> tuple[int | None, str]:
     """POSTs the delivery once: (status code, error); no error on a 2xx."""
     endpoint = delivery.endpoint
     try:
-        url_check(endpoint.url)
+        addresses = url_check(endpoint.url)
+        parts = urlsplit(endpoint.url)
         timestamp = int(time.time())
-        response = httpx.post(
-            endpoint.url,
-            content=delivery.body.encode(),
-            headers={
-                "Content-Type": "application/json",
-                "User-Agent": USER_AGENT,
-                "Webhook-Signature": signature_header(
-                    secret=endpoint.secret, body=delivery.body, timestamp=timestamp
-                ),
-                "Webhook-Id": delivery.event_id,
-            },
-            timeout=settings.WEBHOOK_TIMEOUT_SECONDS,
-            follow_redirects=False,
-        )
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+            "Webhook-Signature": signature_header(
+                secret=endpoint.secret, body=delivery.body, timestamp=timestamp
+            ),
+            "Webhook-Id": delivery.event_id,
+        }
+        response = _post_pinned(parts, addresses, content=delivery.body.encode(), headers=headers)
     except AddressRefused as refused:
         return None, refused.message
     except httpx.HTTPError as failure:

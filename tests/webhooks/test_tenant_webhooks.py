@@ -1,13 +1,15 @@
 """Tenant webhooks against a local receiver: an endpoint's secret is shown once and signs every
 delivery; a budget crossing its threshold is delivered exactly once; a failing receiver is
 retried with growing delays and the deliveries say so; redirects are not followed; a private
-address is refused unless allowed; another tenant's endpoints are 404."""
+address is refused unless allowed, and a name that turns private after the check (DNS
+rebinding) is never sent to; another tenant's endpoints are 404."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +25,7 @@ from accounts.models import AuditEvent
 from billing.alerts import spend_alerts_check
 from tests.conftest import Tenant, assert_error_shape
 from usage.services import usage_stream_flush
-from webhooks.models import WebhookDelivery
+from webhooks.models import WebhookDelivery, WebhookEndpoint
 from webhooks.services import delivery_attempt, webhook_emit
 
 pytestmark = pytest.mark.django_db
@@ -215,3 +217,54 @@ def test_a_deleted_endpoint_receives_nothing_more(alice: Tenant, receiver: Recei
     assert delivery_attempt(delivery_id=pending.pk) is None
     assert webhook_emit(organization_id=alice.organization.pk, type="job.completed", data={}) == []
     assert receiver.received == []
+
+
+class _Rebinding:
+    """A resolver for `rebind.test` that answers `first` once, then `later` (as a name with a
+    zero TTL can), and counts the lookups; every other name resolves as usual. DNS is outside
+    the project: this stands in for the resolver."""
+
+    def __init__(self, monkeypatch: Any, *, first: str, later: str) -> None:
+        self.lookups = 0
+        real = socket.getaddrinfo
+
+        def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+            if host != "rebind.test":
+                return real(host, port, *args, **kwargs)
+            self.lookups += 1
+            address = first if self.lookups == 1 else later
+            return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (address, port or 0))]
+
+        monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+def test_a_name_that_turns_private_after_the_check_is_not_sent_to(
+    alice: Tenant, receiver: Receiver, settings: Any, monkeypatch: Any
+) -> None:
+    """The check sees a public address; a second lookup would give loopback, where the
+    receiver listens. The attempt connects to the address it checked (unreachable from here,
+    so it fails), never to the one a later lookup gives."""
+    endpoint = _endpoint(alice, receiver.url, ["job.completed"])
+    port = receiver.server.server_address[1]
+    WebhookEndpoint.objects.filter(pk=endpoint["id"]).update(url=f"http://rebind.test:{port}/hooks")
+    settings.WEBHOOK_ALLOW_PRIVATE = False
+    settings.WEBHOOK_TIMEOUT_SECONDS = 1
+    resolver = _Rebinding(monkeypatch, first="192.0.43.10", later="127.0.0.1")
+    [delivery] = webhook_emit(organization_id=alice.organization.pk, type="job.completed", data={})
+    attempted = delivery_attempt(delivery_id=delivery.pk)
+    assert attempted is not None and attempted.status == "pending" and attempted.last_error
+    assert receiver.received == [] and resolver.lookups == 1
+
+
+def test_an_attempt_reaches_the_address_it_checked_and_names_the_host(
+    alice: Tenant, receiver: Receiver, monkeypatch: Any
+) -> None:
+    endpoint = _endpoint(alice, receiver.url, ["job.completed"])
+    port = receiver.server.server_address[1]
+    WebhookEndpoint.objects.filter(pk=endpoint["id"]).update(url=f"http://rebind.test:{port}/hooks")
+    resolver = _Rebinding(monkeypatch, first="127.0.0.1", later="10.255.255.1")
+    [delivery] = webhook_emit(organization_id=alice.organization.pk, type="job.completed", data={})
+    attempted = delivery_attempt(delivery_id=delivery.pk)
+    assert attempted is not None and attempted.status == "succeeded", attempted.last_error
+    [received] = receiver.received
+    assert received["headers"]["Host"] == f"rebind.test:{port}" and resolver.lookups == 1
