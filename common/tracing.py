@@ -287,17 +287,33 @@ def _redis_peer(client: Any) -> dict[str, str | int]:
     return attributes
 
 
-def _redis_span(client: Any, name: str, attributes: dict[str, Any]) -> trace.Span | None:
-    if not trace.get_current_span().is_recording():
-        return None
+# Set while a platform span that stands for its Redis calls is open (admission: one script):
+# those calls make no spans of their own, the platform's span carries the store's attributes.
+_redis_spans_folded: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "redis_spans_folded", default=False
+)
+
+
+def redis_spans_fold() -> contextvars.Token[bool]:
+    """The Redis calls from here to `redis_spans_unfold(token)` make no spans."""
+    return _redis_spans_folded.set(True)
+
+
+def redis_spans_unfold(token: contextvars.Token[bool]) -> None:
+    _redis_spans_folded.reset(token)
+
+
+def _redis_traced() -> bool:
+    return not _redis_spans_folded.get() and trace.get_current_span().is_recording()
+
+
+def _redis_span(client: Any, name: str, attributes: dict[str, Any]) -> trace.Span:
     return _redis_tracer.start_span(
         name, kind=SpanKind.CLIENT, attributes={**_redis_peer(client), **attributes}
     )
 
 
-def _redis_call(span: trace.Span | None, call: Any, args: Any, kwargs: Any) -> Any:
-    if span is None:
-        return call(*args, **kwargs)
+def _redis_call(span: trace.Span, call: Any, args: Any, kwargs: Any) -> Any:
     try:
         return call(*args, **kwargs)
     except Exception as exc:
@@ -311,20 +327,22 @@ def _redis_call(span: trace.Span | None, call: Any, args: Any, kwargs: Any) -> A
 def _traced_command(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     """`Redis.execute_command` and `RedisCluster.execute_command`: a span named after the
     command, its arguments left out (`EVALSHA ? ? ?`)."""
-    span = None
-    if args:
-        command = str(args[0])
-        statement = command + " ?" * (len(args) - 1)
-        span = _redis_span(
-            instance,
-            command,
-            {"db.statement": statement[:_MAX_STATEMENT], "db.redis.args_length": len(args)},
-        )
+    if not args or not _redis_traced():
+        return wrapped(*args, **kwargs)
+    command = str(args[0])
+    statement = command + " ?" * (len(args) - 1)
+    span = _redis_span(
+        instance,
+        command,
+        {"db.statement": statement[:_MAX_STATEMENT], "db.redis.args_length": len(args)},
+    )
     return _redis_call(span, wrapped, args, kwargs)
 
 
 def _traced_pipeline(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     """`Pipeline.execute` and `ClusterPipeline.execute`: one span for the whole pipeline."""
+    if not _redis_traced():
+        return wrapped(*args, **kwargs)
     stack = getattr(instance, "command_stack", None) or []
     # redis.client's stack holds (args, options) pairs, redis.cluster's PipelineCommand objects.
     names = [str((command.args if hasattr(command, "args") else command[0])[0]) for command in stack]

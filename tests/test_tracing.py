@@ -99,12 +99,14 @@ def test_a_generation_is_one_trace_from_the_request_to_the_engine(
     # Queue wait, then prefill, then decode, in that order.
     queue, prefill, decode = (by_name[n] for n in ("engine.queue", "engine.prefill", "engine.decode"))
     assert queue.end_time <= prefill.start_time and prefill.end_time <= decode.end_time
-    # The ledger's Redis calls are in the request's trace too (without REDIS_URL the ledger is
-    # in memory: no Redis call to trace).
-    assert not settings.REDIS_URL or any(
+    # Admission is the ledger's one Redis script: its span says so, and that call makes no
+    # span of its own (without REDIS_URL the ledger is in memory: no Redis call at all).
+    assert by_name["admission"].attributes.get("db.system") == ("redis" if settings.REDIS_URL else None)
+    assert not any(
         s.instrumentation_scope is not None
         and s.instrumentation_scope.name == "common.tracing.redis"
-        and _trace_id(s) == trace_id
+        and s.parent is not None
+        and s.parent.span_id == by_name["admission"].context.span_id
         for s in recorded
     )
     (line,) = [record for record in caplog.records if record.name == "platform.access"]

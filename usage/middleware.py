@@ -13,18 +13,21 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
-import redis
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
 
 from accounts.context import AuthContext
 from common.errors import APIError, internal_error_response
 from common.metrics import ADMISSIONS
 from common.request_notes import RequestNotes, request_notes
+from common.shared_redis import REDIS_ERRORS, shared_redis_configured
+from common.tracing import redis_spans_fold, redis_spans_unfold
 from usage.admission import RouteCost, route_cost
 from usage.ratelimit import LimitState, LimitWindows, RateLimited, format_reset, requests_hit, tokens_hit
 from usage.services import quota_reserve
@@ -82,7 +85,7 @@ class AdmissionMiddleware:
         try:
             if "tokens" not in notes.limits:
                 notes.limits["tokens"] = tokens_hit(context=context, tokens=0)
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             logger.warning("No x-ratelimit-tokens headers: %s", exc)
         _set_headers(response, notes.limits.get("requests"))
         _set_headers(response, notes.limits.get("tokens"))
@@ -102,10 +105,30 @@ class AdmissionMiddleware:
         estimate = cost.estimate(body) if cost is not None and body is not None else None
         if cost is None or body is None or estimate is None:
             return self._count_requests(request, notes)
-        with _tracer.start_as_current_span("admission") as span:
+        # Admission is one Redis script (or the in-memory ledger's lock): its span stands for
+        # that call, which makes no span of its own. Nothing runs under it, so it is made once
+        # the outcome is known, with its start time and every attribute at once (each span,
+        # each context switch and each attribute set later costs; BENCHMARKS.md, issue 15).
+        started_ns = time.time_ns()
+        folded = redis_spans_fold()
+        try:
             refused = self._admit(request, notes, context=context, cost=cost, body=body, estimate=estimate)
-            span.set_attribute("llmp.admission.outcome", notes.admission or "")
-            span.set_attribute("llmp.tokens.estimated", estimate.total)
+        except Exception as exc:
+            span = _tracer.start_span("admission", start_time=started_ns)
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            span.end()
+            raise
+        finally:
+            redis_spans_unfold(folded)
+        if trace.get_current_span().is_recording():  # the request's trace is recorded
+            attributes: dict[str, str | int] = {
+                "llmp.admission.outcome": notes.admission or "",
+                "llmp.tokens.estimated": estimate.total,
+            }
+            if shared_redis_configured():
+                attributes["db.system"] = "redis"
+            _tracer.start_span("admission", start_time=started_ns, attributes=attributes).end()
         return refused
 
     def _admit(
@@ -141,7 +164,7 @@ class AdmissionMiddleware:
                 error.code if error.code in ("rate_limit_exceeded", "insufficient_quota") else "refused",
             )
             return error.to_response()
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             _decided(notes, "unavailable")
             return internal_error_response(exc)  # 503: nothing was held or counted
         notes.limits.update(limits.states)
