@@ -194,6 +194,12 @@ class APIKey(models.Model):
         related_name="+",
         help_text="The key a rotation made to replace this one (which then expires after its grace).",
     )
+    budget_lineage = models.PositiveBigIntegerField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="The first key of the rotations this one descends from: they share one token budget.",
+    )
     last_used_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -204,6 +210,12 @@ class APIKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def budget_subject(self) -> int:
+        """Whose token budget this key counts against: its own, or, once rotated, that of the
+        first key of its line (a rotation does not start the budget afresh)."""
+        return self.budget_lineage or self.pk
 
     @property
     def is_revoked(self) -> bool:

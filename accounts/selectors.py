@@ -31,6 +31,7 @@ CACHED_FIELDS: dict[type[models.Model], tuple[str, ...]] = {
         "budget_period",
         "expires_at",
         "revoked_at",
+        "budget_lineage",
     ),
     Organization: (
         "id",

@@ -252,8 +252,9 @@ def api_key_rotate(*, api_key: APIKey, grace_seconds: int) -> tuple[APIKey, str]
     ended anyway). Returns the new key and its secret. A key is rotated once: the old one's
     row is locked, so two concurrent rotations cannot both succeed.
 
-    The new key's budget starts afresh (budgets are counted per key); the member's and the
-    organization's budgets still hold across the rotation."""
+    The new key counts against the same token budget as the old one (`budget_lineage`): a
+    rotation moves the secret, not the spending, so whoever holds a capped key cannot rotate
+    it to start the cap afresh; during the grace both keys draw on that one budget."""
     old = APIKey.objects.select_for_update().get(pk=api_key.pk)
     now = timezone.now()
     if old.revoked_at is not None or old.is_expired(now=now):
@@ -276,6 +277,8 @@ def api_key_rotate(*, api_key: APIKey, grace_seconds: int) -> tuple[APIKey, str]
         budget_period=old.budget_period,
         expires_at=old.expires_at,
     )
+    APIKey.objects.filter(pk=new_key.pk).update(budget_lineage=old.budget_subject)
+    new_key.budget_lineage = old.budget_subject
     ends_at = now + timedelta(seconds=grace_seconds)
     fields: dict[str, object] = {"replaced_by": new_key}
     if grace_seconds == 0:

@@ -91,10 +91,11 @@ def _token_budgets(organization: Organization) -> list[TokenBudget]:
     ):
         budgets.append(
             TokenBudget(
-                f"key:{key.pk}",
+                # Its rotations share the budget, and so its alerts (`APIKey.budget_lineage`).
+                f"key:{key.budget_subject}",
                 f"API key '{key.name}' ({key.prefix}…) token budget",
                 "api_key",
-                str(key.pk),
+                str(key.budget_subject),
                 key.token_budget or 0,
                 key.budget_period,
                 _thresholds(key.alert_thresholds, organization),

@@ -5,7 +5,7 @@ import io
 from datetime import date, datetime
 from typing import Any
 
-from django.db.models import F, Sum
+from django.db.models import F, Q, Sum
 from django.db.models.functions import Coalesce
 
 from accounts.models import Organization
@@ -26,8 +26,8 @@ def tokens_used_since(*, organization_id: int, scope: str, subject: str, since: 
     records = UsageRecord.objects.filter(organization_id=organization_id)
     if since is not None:
         records = records.filter(created_at__gte=since)
-    if scope == "api_key":
-        records = records.filter(api_key_id=int(subject))
+    if scope == "api_key":  # the key and the keys rotated from it (`APIKey.budget_lineage`)
+        records = records.filter(Q(api_key_id=int(subject)) | Q(api_key__budget_lineage=int(subject)))
     elif scope == "member":
         records = records.filter(user_id=int(subject))
     elif scope == "end_user":

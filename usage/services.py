@@ -127,7 +127,7 @@ def budget_counters(
         counters.append(
             _counter(
                 scope="api_key",
-                subject=str(key.pk),
+                subject=str(key.budget_subject),  # one budget across the key's rotations
                 label=f"API key '{key.name}' ({key.prefix}…) token budget",
                 limit=key.token_budget,
                 period=key.budget_period,

@@ -393,3 +393,62 @@ def test_the_audit_log_is_for_owners_and_admins_of_the_organization_only(
     assert_error_shape(
         _jwt(reader.email).get("/api/v1/organization/audit/"), status=403, code="missing_scope"
     )
+
+
+def _key_budget(client: APIClient) -> dict[str, Any]:
+    (budget,) = [b for b in client.get("/api/v1/me/").json()["budgets"] if b["scope"] == "api_key"]
+    return budget
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("redis_lost", [False, True])
+def test_rotating_a_capped_key_does_not_start_its_budget_afresh(
+    alice: Tenant, openai_backend: str, redis_lost: bool
+) -> None:
+    """A capped key rotated (after a leak, say) moves its secret, not its spending: the new key
+    draws on what is left of the same budget (with the counter in Redis, and rebuilt from the
+    usage records after Redis is lost), during the grace and after it."""
+    from tests.conftest import _clear
+    from usage.services import usage_stream_flush
+
+    user, _membership, _secret = _member(alice, "member")
+    key, secret = api_key_create(organization=alice.organization, name="capped", user=user, token_budget=40)
+    old = alice.client(secret)
+    first = old.post("/api/v1/generate/", {"prompt": "hello", "max_tokens": 8}, format="json")
+    assert first.status_code == 200, first.content
+    spent = _key_budget(old)["used"]
+    assert spent > 0
+
+    rotated = alice.client().post(f"{KEYS}{key.pk}/rotate/", {"grace_seconds": 60}, format="json")
+    assert rotated.status_code == 201, rotated.content
+    new = alice.client(rotated.json()["secret"])
+    if redis_lost:
+        usage_stream_flush()
+        _clear()  # Redis restarted empty: every counter is rebuilt from the database
+    assert _key_budget(new)["used"] == _key_budget(old)["used"] == spent
+    # More than is left, less than a fresh budget would have allowed.
+    over = new.post("/api/v1/generate/", {"prompt": "hello", "max_tokens": 40 - spent}, format="json")
+    assert_error_shape(over, status=429, code="insufficient_quota")
+    assert new.post("/api/v1/generate/", {"prompt": "hi", "max_tokens": 1}, format="json").status_code == 200
+    assert _key_budget(old)["used"] == _key_budget(new)["used"] > spent
+
+
+@pytest.mark.django_db
+def test_keys_rotated_before_the_upgrade_get_their_line(alice: Tenant) -> None:
+    """Migration 0008 gives keys rotated before it the line their `replaced_by` chain names."""
+    from importlib import import_module
+
+    from django.apps import apps
+
+    from accounts.services import api_key_rotate
+
+    first, _ = api_key_create(organization=alice.organization, name="old", token_budget=10)
+    second, _ = api_key_rotate(api_key=first, grace_seconds=0)
+    third, _ = api_key_rotate(api_key=second, grace_seconds=0)
+    assert {second.budget_lineage, third.budget_lineage} == {first.pk}
+    APIKey.objects.update(budget_lineage=None)  # as before the migration
+    import_module("accounts.migrations.0008_api_key_budget_lineage").lineages_from_rotations(apps, None)
+    lines = dict(
+        APIKey.objects.filter(pk__in=[first.pk, second.pk, third.pk]).values_list("pk", "budget_lineage")
+    )
+    assert lines == {first.pk: None, second.pk: first.pk, third.pk: first.pk}
