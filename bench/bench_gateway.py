@@ -45,6 +45,7 @@ from bench.common import (  # noqa: E402
     start_fake_upstream,
     stop,
     web_command,
+    worker_command,
     wrk,
 )
 
@@ -278,22 +279,7 @@ def _measure(
             str(args.threads),
         ]
     web = start(command, env=env, health=f"http://127.0.0.1:{port}/healthz")
-    worker = start(
-        [
-            str(BIN / "celery"),
-            "-A",
-            "platform.celery:app",
-            "worker",
-            "-B",
-            "--loglevel",
-            "WARNING",
-            "--concurrency",
-            "1",
-            "--pool",
-            "solo",
-        ],
-        env=env,
-    )
+    worker = start(worker_command(), env=env)
     results: dict[str, object] = {
         "server": args.server,
         "workers": args.workers,

@@ -31,28 +31,24 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_gateway import BODY, _env, _manage, _prepare_database  # noqa: E402
-from bench.common import BIN, LoadResult, free_port, save, start, stop, web_command, wrk  # noqa: E402
+from bench.common import (  # noqa: E402
+    LoadResult,
+    free_port,
+    save,
+    start,
+    start_fake_upstream,
+    stop,
+    web_command,
+    worker_command,
+    wrk,
+)
 
 CONNECTIONS = 32
 
 
 def _upstream(*, delay_ms: int, slots: int) -> tuple[Any, str]:
-    port = free_port()
     env = {**os.environ, "FAKE_UPSTREAM_DELAY_MS": str(delay_ms), "FAKE_UPSTREAM_CONCURRENCY": str(slots)}
-    process = start(
-        [
-            str(BIN / "uvicorn"),
-            "bench.fake_upstream:app",
-            "--port",
-            str(port),
-            "--log-level",
-            "critical",
-            "--no-access-log",
-        ],
-        env=env,
-        health=f"http://127.0.0.1:{port}/v1/models",
-    )
-    return process, f"http://127.0.0.1:{port}/v1"
+    return start_fake_upstream(env=env)
 
 
 def _registry(urls: list[str], folder: Path) -> Path:
@@ -70,22 +66,7 @@ def _serve(env: dict[str, str]) -> tuple[list[Any], str]:
     web = start(
         web_command(port=port, workers=2, threads=64), env=env, health=f"http://127.0.0.1:{port}/healthz"
     )
-    worker = start(
-        [
-            str(BIN / "celery"),
-            "-A",
-            "platform.celery:app",
-            "worker",
-            "-B",
-            "--loglevel",
-            "WARNING",
-            "--concurrency",
-            "1",
-            "--pool",
-            "solo",
-        ],
-        env=env,
-    )
+    worker = start(worker_command(), env=env)
     return [web, worker], f"http://127.0.0.1:{port}/v1/chat/completions"
 
 

@@ -65,8 +65,9 @@ def start(
     return process
 
 
-def start_fake_upstream() -> tuple[subprocess.Popen, str]:
-    """`bench/fake_upstream.py` under uvicorn on a free port; returns it and its /v1 base URL."""
+def start_fake_upstream(*, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    """`bench/fake_upstream.py` under uvicorn on a free port (with `env`: its FAKE_UPSTREAM_*
+    settings); returns it and its /v1 base URL."""
     port = free_port()
     process = start(
         [
@@ -78,9 +79,28 @@ def start_fake_upstream() -> tuple[subprocess.Popen, str]:
             "warning",
             "--no-access-log",
         ],
+        env=env,
         health=f"http://127.0.0.1:{port}/v1/models",
     )
     return process, f"http://127.0.0.1:{port}/v1"
+
+
+def worker_command() -> list[str]:
+    """A Celery worker with beat, one job at a time (what the web benchmarks run beside the
+    server: the flush and expiry)."""
+    return [
+        str(BIN / "celery"),
+        "-A",
+        "platform.celery:app",
+        "worker",
+        "-B",
+        "--loglevel",
+        "WARNING",
+        "--concurrency",
+        "1",
+        "--pool",
+        "solo",
+    ]
 
 
 def web_command(*, port: int, workers: int, threads: int) -> list[str]:
