@@ -7,16 +7,16 @@ from functools import cache
 from typing import Any
 
 from django.conf import settings
-from django.core.cache import cache as django_cache
 from django.utils import timezone
 from opentelemetry import trace
 
 from accounts.context import AuthContext
-from accounts.models import BudgetPeriod, EndUserBudget, Organization
+from accounts.models import BudgetPeriod
 from common.errors import APIError
 from common.metrics import TOKENS
 from common.shared_redis import REDIS_ERRORS, cluster_configured, redis_client, shared_redis_configured
 from usage import periods, ratelimit, records
+from usage.counters import budget_counters, initial_used
 from usage.keeper import PendingSettlement, ReservationKeeper
 from usage.ledger import (
     CLUSTER_SHARDS,
@@ -31,7 +31,6 @@ from usage.ledger import (
     Sink,
     WindowRefused,
 )
-from usage.selectors import tokens_used_since
 
 logger = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
@@ -41,132 +40,6 @@ class QuotaExceeded(APIError):
     status = 429
     type = "insufficient_quota"
     code = "insufficient_quota"
-
-
-# --- Which budgets apply ------------------------------------------------------------------
-
-
-def _counter(
-    *, scope: str, subject: str, label: str, limit: int, period: str, organization_id: int, now: datetime
-) -> Counter:
-    end = periods.period_end(period, now)
-    ttl = int((end - now).total_seconds()) + 86_400 if end else 400 * 86_400
-    return Counter(
-        key=f"{scope}:{subject}:{periods.period_key(period, now)}",
-        label=label,
-        limit=limit,
-        threshold=max(1, int(limit * settings.BUDGET_SOFT_THRESHOLD)),
-        ttl_seconds=ttl,
-        organization_id=organization_id,
-        period=periods.period_key(period, now),
-    )
-
-
-def end_user_budget_get(*, organization: Organization, end_user: str) -> tuple[int, str] | None:
-    """The end user's own budget, else the organization's default; cached (set_budget clears it)."""
-    cache_key = f"quota:enduser:{organization.pk}:{end_user}"
-    cached = django_cache.get(cache_key)
-    if cached is None:
-        override = EndUserBudget.objects.filter(organization=organization, end_user=end_user).first()
-        cached = [override.token_budget, override.budget_period] if override is not None else []
-        django_cache.set(cache_key, cached, timeout=settings.API_KEY_CACHE_SECONDS)
-    if cached:
-        return int(cached[0]), str(cached[1])
-    if organization.end_user_token_budget is not None:
-        return organization.end_user_token_budget, organization.end_user_budget_period
-    return None
-
-
-def budget_counters(
-    *, context: AuthContext, end_user: str | None, now: datetime | None = None, endpoint: str | None = None
-) -> list[Counter]:
-    """The budgets a request to `endpoint` counts against (every one, when None: `/me`)."""
-    now = now or timezone.now()
-    org = context.organization
-    counters = []
-    if org.ingestion_token_quota is not None and endpoint in (None, "ingestion"):
-        counters.append(
-            _counter(
-                scope="ingestion",
-                subject=str(org.pk),
-                label=f"organization '{org.slug}' ingestion token quota",
-                limit=org.ingestion_token_quota,
-                period=BudgetPeriod.MONTH,
-                organization_id=org.pk,
-                now=now,
-            )
-        )
-    if org.token_quota is not None:
-        counters.append(
-            _counter(
-                scope="organization",
-                subject=str(org.pk),
-                label=f"organization '{org.slug}' token quota",
-                limit=org.token_quota,
-                period=org.quota_period,
-                organization_id=org.pk,
-                now=now,
-            )
-        )
-    membership = context.membership
-    if membership is not None and membership.token_budget is not None and context.user is not None:
-        counters.append(
-            _counter(
-                scope="member",
-                # A user can belong to several organizations, each with its own budget for them.
-                subject=f"{org.pk}:{context.user.pk}",
-                label=f"member '{context.user.email}' token budget",
-                limit=membership.token_budget,
-                period=membership.budget_period,
-                organization_id=org.pk,
-                now=now,
-            )
-        )
-    key = context.api_key
-    if key is not None and key.token_budget is not None:
-        counters.append(
-            _counter(
-                scope="api_key",
-                subject=str(key.budget_subject),  # one budget across the key's rotations
-                label=f"API key '{key.name}' ({key.prefix}…) token budget",
-                limit=key.token_budget,
-                period=key.budget_period,
-                organization_id=org.pk,
-                now=now,
-            )
-        )
-    if end_user:
-        found = end_user_budget_get(organization=org, end_user=end_user)
-        if found is not None:
-            limit, period = found
-            counters.append(
-                _counter(
-                    scope="end_user",
-                    # End user ids are the tenant's own: two tenants' "42" are two people.
-                    subject=f"{org.pk}:{end_user}",
-                    label=f"end user '{end_user}' token budget",
-                    limit=limit,
-                    period=period,
-                    organization_id=org.pk,
-                    now=now,
-                )
-            )
-    return counters
-
-
-def _initial_used(counter: Counter) -> int:
-    scope, rest = counter.key.split(":", 1)
-    subject, period_key = rest.rsplit(":", 1)
-    if scope in ("member", "end_user"):
-        subject = subject.split(":", 1)[1]  # after the organization's id
-    since: datetime | None = None
-    if period_key.startswith("d"):
-        since = datetime.strptime(period_key[1:], "%Y-%m-%d").replace(tzinfo=UTC)
-    elif period_key.startswith("m"):
-        since = datetime.strptime(period_key[1:], "%Y-%m").replace(tzinfo=UTC)
-    return tokens_used_since(
-        organization_id=counter.organization_id, scope=scope, subject=subject, since=since
-    )
 
 
 # --- The ledger ---------------------------------------------------------------------------
@@ -194,7 +67,7 @@ def get_ledger() -> Ledger:
         )
     if _local_ledger is None:
         _local_ledger = LocalLedger(
-            initial_used=_initial_used,
+            initial_used=initial_used,
             sink=Sink(records=records.usage_records_write, events=records.budget_events_write),
         )
     return _local_ledger
@@ -204,7 +77,7 @@ def get_ledger() -> Ledger:
 def _redis_ledger(prefix: str, url: str, nodes: tuple[str, ...]) -> RedisLedger:
     # Keyed by the settings, so a test that overrides them gets a ledger of its own.
     return RedisLedger(
-        client=redis_client(), prefix=f"{prefix}:q:", initial_used=_initial_used, layout=key_layout()
+        client=redis_client(), prefix=f"{prefix}:q:", initial_used=initial_used, layout=key_layout()
     )
 
 
