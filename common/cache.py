@@ -12,7 +12,7 @@ from typing import Any
 from django.core.cache.backends.redis import RedisCache, RedisCacheClient
 from redis.cluster import RedisCluster
 
-from common.shared_redis import cluster_nodes
+from common.shared_redis import cluster_nodes, cluster_options
 
 
 class ReusingRedisCacheClient(RedisCacheClient):
@@ -48,7 +48,7 @@ class ClusterRedisCacheClient(RedisCacheClient):
 
     def get_client(self, key: Any = None, *, write: bool = False) -> Any:
         if self._cluster is None:
-            self._cluster = RedisCluster(startup_nodes=cluster_nodes(self._nodes))
+            self._cluster = RedisCluster(startup_nodes=cluster_nodes(self._nodes), **cluster_options())
         return self._cluster
 
     # django-stubs do not declare RedisCacheClient's `_serializer`.

@@ -38,13 +38,28 @@ def cluster_configured() -> bool:
 
 def redis_client() -> SharedRedis:
     """The process's client (thread-safe, one connection pool per node)."""
-    return _client(settings.REDIS_URL, tuple(settings.REDIS_CLUSTER_NODES))
+    return _client(settings.REDIS_URL, tuple(settings.REDIS_CLUSTER_NODES), tuple(cluster_options().items()))
 
 
 @cache
-def _client(url: str, nodes: tuple[str, ...]) -> SharedRedis:
+def _client(url: str, nodes: tuple[str, ...], options: tuple[tuple[str, Any], ...]) -> SharedRedis:
     # Keyed by the settings, so a test that overrides them gets a client of its own.
     return redis_client_new(url=url, nodes=nodes)
+
+
+def cluster_options() -> dict[str, Any]:
+    """The cluster's credentials and TLS (REDIS_CLUSTER_USERNAME, _PASSWORD, _TLS, _TLS_CA_FILE),
+    as `RedisCluster` takes them: every node gets the same."""
+    options: dict[str, Any] = {}
+    if settings.REDIS_CLUSTER_USERNAME:
+        options["username"] = settings.REDIS_CLUSTER_USERNAME
+    if settings.REDIS_CLUSTER_PASSWORD:
+        options["password"] = settings.REDIS_CLUSTER_PASSWORD
+    if settings.REDIS_CLUSTER_TLS:
+        options["ssl"] = True
+        if settings.REDIS_CLUSTER_TLS_CA_FILE:
+            options["ssl_ca_certs"] = settings.REDIS_CLUSTER_TLS_CA_FILE
+    return options
 
 
 def redis_client_new(
@@ -54,7 +69,7 @@ def redis_client_new(
     connection `options`."""
     nodes = tuple(settings.REDIS_CLUSTER_NODES) if nodes is None else nodes
     if nodes:
-        return RedisCluster(startup_nodes=cluster_nodes(nodes), **options)
+        return RedisCluster(startup_nodes=cluster_nodes(nodes), **cluster_options(), **options)
     return redis.Redis.from_url(settings.REDIS_URL if url is None else url, **options)
 
 

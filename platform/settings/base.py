@@ -127,6 +127,12 @@ REDIS_URL = env.str("REDIS_URL", default="")
 # A Redis Cluster (`host:port,host:port,...`) for everything that coordinates processes (ledger,
 # rate limits, caches, key invalidation) instead of REDIS_URL, which then serves Celery only.
 REDIS_CLUSTER_NODES = env.addresses("REDIS_CLUSTER_NODES")
+# Its credentials (an ACL user, or the `requirepass` password alone) and TLS, as a managed cluster
+# asks for; the CA file, when the nodes' certificates are not signed by one the system trusts.
+REDIS_CLUSTER_USERNAME = env.str("REDIS_CLUSTER_USERNAME", default="")
+REDIS_CLUSTER_PASSWORD = env.str("REDIS_CLUSTER_PASSWORD", default="")
+REDIS_CLUSTER_TLS = env.bool("REDIS_CLUSTER_TLS", default=False)
+REDIS_CLUSTER_TLS_CA_FILE = env.str("REDIS_CLUSTER_TLS_CA_FILE", default="")
 CACHE_KEY_PREFIX = env.str("CACHE_KEY_PREFIX", default="llmp")
 if "{" in CACHE_KEY_PREFIX or "}" in CACHE_KEY_PREFIX:
     # The ledger's keys carry a Redis Cluster hash tag after the prefix; a brace in the prefix

@@ -194,3 +194,35 @@ def test_a_settlement_the_cluster_cannot_take_waits_for_it(
     assert_error_shape(
         client.post("/api/v1/generate/", BODY, format="json"), status=503, code="store_unavailable"
     )
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["password", "password-and-tls"])
+def test_a_cluster_that_asks_for_a_password_and_tls(
+    alice: Tenant, openai_backend: str, settings: Any, monkeypatch: Any, tls: bool
+) -> None:
+    """As a managed cluster asks: the password (and TLS, with certificates verified against the
+    CA given) reach every node the client finds; a wrong password is the store being down."""
+    if redis_server_missing():
+        pytest.skip("needs redis-server (CI installs it)")
+    cluster = LocalRedisCluster(password="a-long-cluster-password", tls=tls)
+    cluster.start()
+    try:
+        use_redis_cluster(cluster.nodes, settings=settings, monkeypatch=monkeypatch)
+        settings.REDIS_CLUSTER_PASSWORD = "a-long-cluster-password"
+        settings.REDIS_CLUSTER_TLS = tls
+        settings.REDIS_CLUSTER_TLS_CA_FILE = str(cluster.ca_file) if tls else ""
+        alice.organization.token_quota = 1_000
+        alice.organization.save()
+        assert alice.client().post("/api/v1/generate/", BODY, format="json").status_code == 200
+        assert any(":organization:" in key for key in _ledger_keys())  # admission went through it
+        (budget,) = [b for b in alice.client().get("/api/v1/me/").json()["budgets"] if "quota" in b["name"]]
+        assert budget["used"] > 0
+
+        settings.REDIS_CLUSTER_PASSWORD = "not-the-password"
+        use_redis_cluster(cluster.nodes, settings=settings, monkeypatch=monkeypatch)  # a new cache client
+        client = alice.client()
+        client.raise_request_exception = False
+        refused = client.post("/api/v1/generate/", BODY, format="json")
+        assert_error_shape(refused, status=503, code="store_unavailable")
+    finally:
+        cluster.stop()
