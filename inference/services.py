@@ -20,6 +20,7 @@ from accounts.models import Organization
 from accounts.selectors import organization_model_allowed
 from common.after_response import after_response
 from common.errors import APIError, ServiceUnavailable
+from inference.cooldowns import shared_cooldowns
 from inference.engine import (
     ContextLengthExceeded,
     EngineConfig,
@@ -80,7 +81,9 @@ def router_get() -> Router:
                 registry_config(),
                 handler_factory=_HandlerFactory(from_file=bool(settings.LLM_MODELS_FILE)),
                 observer=PrometheusRouterObserver(),
+                on_cooled=shared_cooldowns.publish,
             )
+        shared_cooldowns.listen(_router)  # once per process and router
         return _router
 
 

@@ -11,7 +11,8 @@ to its fallbacks.
   single deployment streams exactly as before). A 4xx other than 429 is the request's own fault
   and is not retried.
 - **Cooldown**: the failed deployment is skipped for `cooldown_s`, or until a health check
-  (GET /models, every `health_check_s`) answers. A model with one deployment and no fallbacks is
+  (a one-token completion, every `health_check_s`) answers; the other processes are told
+  (`on_cooled`, `cooled_elsewhere`: `inference.cooldowns`) and skip it as long. A model with one deployment and no fallbacks is
   never cooled down: there is nowhere else to send its requests. When every deployment of a
   request's models is cooling down, the request is refused at once (`EngineUnavailable`, a 503)
   rather than sent to a server known to be down.
@@ -172,9 +173,13 @@ class Router:
         *,
         handler_factory: HandlerFactory,
         observer: RouterObserver | None = None,
+        on_cooled: Callable[[str, str, float], None] | None = None,
     ) -> None:
         self.config = config
         self._observer: RouterObserver = observer or NoRouterObserver()
+        # Told (model, deployment, seconds) when this process cools a deployment down, so that
+        # the other processes can (`cooled_elsewhere`).
+        self._on_cooled = on_cooled
         self._routes: dict[str, ModelRoute] = {}
         self.models: list[ModelRoute] = []
         for model in config.models:
@@ -251,8 +256,23 @@ class Router:
         """Cools the deployment down, when its requests have somewhere else to go."""
         if len(route.deployments) == 1 and not route.config.fallbacks:
             return
-        deployment.cool_down(time.monotonic() + self.config.router.cooldown_s)
+        seconds = self.config.router.cooldown_s
+        deployment.cool_down(time.monotonic() + seconds)
         self._health_checks_start()
+        if self._on_cooled is not None:
+            self._on_cooled(route.name, deployment.label, seconds)
+
+    def cooled_elsewhere(self, *, model: str, deployment: str, seconds: float) -> None:
+        """Another process found this deployment down: skip it here too, for as long, and let
+        this process's health checks bring it back. Unknown names (another registry) and lone
+        deployments are left alone."""
+        route = self._routes.get(model)
+        if route is None or (len(route.deployments) == 1 and not route.config.fallbacks):
+            return
+        for candidate in route.deployments:
+            if candidate.label == deployment:
+                candidate.cool_down(time.monotonic() + min(seconds, self.config.router.cooldown_s))
+                self._health_checks_start()
 
     def _health_checks_start(self) -> None:
         with self._health_lock:

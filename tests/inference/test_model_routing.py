@@ -20,7 +20,7 @@ from django.conf import settings
 from prometheus_client import REGISTRY
 
 from inference import services as inference_services
-from tests.conftest import BIN, ROOT, Tenant, assert_error_shape, free_port, wait_http
+from tests.conftest import BIN, ROOT, Tenant, assert_error_shape, free_port, get_status, wait_http
 from usage.models import UsageRecord
 from usage.services import usage_stream_flush
 
@@ -362,3 +362,47 @@ def test_a_deployment_killed_mid_run_loses_no_request_that_had_not_started_strea
         with urllib.request.urlopen(request, timeout=30) as response:
             assert response.status == 200
     assert a.asked() - before >= 2
+
+
+def _post_completion(base: str, secret: str) -> int:
+    request = urllib.request.Request(
+        f"{base}/v1/chat/completions",
+        data=json.dumps({"messages": [{"role": "user", "content": "hello"}], "max_tokens": 4}).encode(),
+        headers={"Authorization": f"Bearer {secret}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(not settings.REDIS_URL, reason="the processes share cooldowns through Redis")
+def test_a_deployment_one_process_finds_down_is_skipped_by_the_others(
+    alice: Tenant, upstreams: Any, models_file: Any, start_web_server: Any
+) -> None:
+    """Two server processes: the first to send a request to a failing deployment cools it down,
+    and the other sends it nothing from then on, without a failed request of its own to learn
+    it. (Health checks are a minute apart here, so that nothing but requests reaches it.)"""
+    failing, healthy = upstreams(fail="500"), upstreams()
+    models_file(
+        {
+            "router": {"cooldown_seconds": 120, "health_check_seconds": 60},
+            "models": [model("fast", failing.url, healthy.url)],
+        }
+    )
+    alice.organization.requests_per_minute = None
+    alice.organization.save()
+    first, second = start_web_server(workers=1, threads=4), start_web_server(workers=1, threads=4)
+    # The second process loads its router (and subscribes) without sending a completion.
+    assert get_status(f"{second}/v1/models", alice.secret) == 200
+    asked_before = failing.asked()
+    for _ in range(4):  # the first process meets the failing deployment (and fails over)
+        assert _post_completion(first, alice.secret) == 200
+    assert failing.asked() > asked_before
+    time.sleep(1)  # the message crosses Redis
+    asked_before = failing.asked()
+    statuses = [_post_completion(second, alice.secret) for _ in range(10)]
+    assert statuses == [200] * 10
+    assert failing.asked() == asked_before  # the second process never tried it
