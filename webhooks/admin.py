@@ -9,7 +9,7 @@ from webhooks.models import WebhookDelivery, WebhookEndpoint
 class WebhookEndpointAdmin(admin.ModelAdmin):
     list_display = ("url", "organization", "created_at", "deleted_at")
     search_fields = ("url", "organization__slug")
-    exclude = ("secret",)
+    exclude = ("secret_sealed",)
 
 
 @admin.register(WebhookDelivery)

@@ -54,7 +54,7 @@ class EndpointListApi(APIView):
         data = EndpointCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         fields: dict[str, Any] = data.validated_data
-        endpoint = services.endpoint_create(
+        endpoint, secret = services.endpoint_create(
             organization=auth_context(request).organization,
             actor=actor_from_request(request),
             url=fields["url"],
@@ -62,7 +62,7 @@ class EndpointListApi(APIView):
             description=fields["description"],
         )
         body = dict(EndpointSerializer(endpoint).data)
-        body["secret"] = endpoint.secret
+        body["secret"] = secret
         return Response(body, status=201)
 
 

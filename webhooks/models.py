@@ -3,6 +3,7 @@ from __future__ import annotations
 from django.db import models
 
 from accounts.models import Organization
+from common.sealed import unseal
 
 EVENT_TYPES: tuple[str, ...] = (
     "budget.threshold",
@@ -19,12 +20,13 @@ EVENT_TYPES: tuple[str, ...] = (
 
 class WebhookEndpoint(models.Model):
     """An address of the tenant's that receives the events it chose, signed with its secret.
-    The secret is kept (each delivery is signed with it) and shown once, when it is made."""
+    The secret is kept sealed (each delivery is signed with it: `common.sealed`) and shown
+    once, when it is made."""
 
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="webhook_endpoints")
     url = models.URLField(max_length=2000)
     events = models.JSONField(default=list)
-    secret = models.CharField(max_length=64, editable=False)
+    secret_sealed = models.CharField(max_length=300, editable=False)
     description = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     deleted_at = models.DateTimeField(null=True, blank=True)
@@ -35,6 +37,10 @@ class WebhookEndpoint(models.Model):
 
     def __str__(self) -> str:
         return f"{self.url} ({self.organization})"
+
+    def signing_secret(self) -> str:
+        """Raises SealedSecretUnreadable when this deployment cannot open it."""
+        return unseal(self.secret_sealed)
 
 
 class WebhookDelivery(models.Model):

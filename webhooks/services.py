@@ -39,6 +39,7 @@ from django.utils import timezone
 from accounts.audit import Actor, audit_record
 from accounts.models import Organization
 from common.errors import APIError, NotFound
+from common.sealed import SealedSecretUnreadable, reseal, seal
 from webhooks.models import EVENT_TYPES, WebhookDelivery, WebhookEndpoint
 
 logger = logging.getLogger(__name__)
@@ -120,7 +121,8 @@ def endpoint_get(*, organization: Organization, endpoint_id: int) -> WebhookEndp
 @transaction.atomic
 def endpoint_create(
     *, organization: Organization, actor: Actor, url: str, events: Iterable[str], description: str = ""
-) -> WebhookEndpoint:
+) -> tuple[WebhookEndpoint, str]:
+    """The endpoint and its signing secret, which is kept sealed and not shown again."""
     chosen = list(dict.fromkeys(events))
     unknown = [event for event in chosen if event not in EVENT_TYPES]
     if unknown or not chosen:
@@ -133,12 +135,9 @@ def endpoint_create(
     Organization.objects.select_for_update().filter(pk=organization.pk).first()  # serializes the count
     if endpoint_list(organization=organization).count() >= MAX_ENDPOINTS:
         raise APIError(f"An organization has at most {MAX_ENDPOINTS} webhook endpoints.", param="url")
+    secret = "whsec_" + secrets.token_urlsafe(32)
     endpoint = WebhookEndpoint.objects.create(
-        organization=organization,
-        url=url,
-        events=chosen,
-        description=description,
-        secret="whsec_" + secrets.token_urlsafe(32),
+        organization=organization, url=url, events=chosen, description=description, secret_sealed=seal(secret)
     )
     audit_record(
         organization=organization,
@@ -148,7 +147,18 @@ def endpoint_create(
         target_label=url,
         changes={"url": url, "events": chosen},
     )
-    return endpoint
+    return endpoint, secret
+
+
+@transaction.atomic
+def secrets_reseal() -> int:
+    """Every endpoint's secret sealed again under the current key, all or none (one that cannot
+    be opened raises SealedSecretUnreadable and changes nothing)."""
+    endpoints = list(WebhookEndpoint.objects.select_for_update().only("pk", "secret_sealed"))
+    for endpoint in endpoints:
+        endpoint.secret_sealed = reseal(endpoint.secret_sealed)
+    WebhookEndpoint.objects.bulk_update(endpoints, ["secret_sealed"])
+    return len(endpoints)
 
 
 @transaction.atomic
@@ -251,13 +261,16 @@ def _send(delivery: WebhookDelivery) -> tuple[int | None, str]:
             "Content-Type": "application/json",
             "User-Agent": USER_AGENT,
             "Webhook-Signature": signature_header(
-                secret=endpoint.secret, body=delivery.body, timestamp=timestamp
+                secret=endpoint.signing_secret(), body=delivery.body, timestamp=timestamp
             ),
             "Webhook-Id": delivery.event_id,
         }
         response = _post_pinned(parts, addresses, content=delivery.body.encode(), headers=headers)
     except AddressRefused as refused:
         return None, refused.message
+    except SealedSecretUnreadable as unreadable:
+        logger.error("Webhook endpoint %s: its secret cannot be read: %s", endpoint.pk, unreadable)
+        return None, f"the endpoint's signing secret cannot be read here: {unreadable}"[:300]
     except httpx.HTTPError as failure:
         return None, f"{type(failure).__name__}: {failure}"[:300]
     if 200 <= response.status_code < 300:

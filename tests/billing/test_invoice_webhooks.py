@@ -10,6 +10,7 @@ import pytest
 from billing.models import Plan
 from billing.periods import Period
 from billing.services import invoice_build, invoice_finalize, invoice_mark_paid, invoice_payment_failed
+from common.sealed import seal
 from tests.billing.conftest import at, october_usage, subscribe
 from tests.conftest import Tenant
 from webhooks.models import WebhookDelivery, WebhookEndpoint
@@ -22,7 +23,7 @@ def test_an_invoice_finalized_failed_and_paid_is_told_to_the_webhooks(alice: Ten
         organization=alice.organization,
         url="http://127.0.0.1:9/hooks",
         events=["invoice.finalized", "invoice.paid", "invoice.payment_failed"],
-        secret="whsec_test",
+        secret_sealed=seal("whsec_test"),
     )
     subscribe(alice.organization, pro_plan, on=at(2026, 9, 15))
     october_usage(alice.organization)

@@ -16,6 +16,7 @@ from django.utils import timezone
 from accounts.services import membership_create, user_create
 from billing.alerts import spend_alerts_check, spend_alerts_check_recent
 from billing.models import Plan, SpendAlert
+from common.sealed import seal
 from tests.billing.conftest import subscribe
 from tests.conftest import Tenant
 from usage.records import usage_records_write
@@ -57,7 +58,7 @@ def test_each_threshold_of_the_quota_is_sent_once_by_email_and_webhook(
         organization=alice.organization,
         url="http://127.0.0.1:9/h",
         events=["budget.threshold", "budget.exhausted"],
-        secret="whsec_x",
+        secret_sealed=seal("whsec_x"),
     )
     _record(alice, 600)
     with django_capture_on_commit_callbacks(execute=True):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import socket
 import threading
 import time
@@ -268,3 +269,51 @@ def test_an_attempt_reaches_the_address_it_checked_and_names_the_host(
     assert attempted is not None and attempted.status == "succeeded", attempted.last_error
     [received] = receiver.received
     assert received["headers"]["Host"] == f"rebind.test:{port}" and resolver.lookups == 1
+
+
+def test_the_secret_is_sealed_at_rest_and_survives_a_key_rotation(
+    alice: Tenant, receiver: Receiver, settings: Any
+) -> None:
+    """The database holds the secret sealed (a dump does not give it away); after
+    DJANGO_SECRET_KEY changes, deliveries are still signed while the old key is a fallback,
+    `reseal_secrets` moves them to the new key, and without any key that opens them a delivery
+    fails with a clear error and sends nothing unsigned."""
+    created = _endpoint(alice, receiver.url, ["job.completed"])
+    stored = WebhookEndpoint.objects.get(pk=created["id"]).secret_sealed
+    assert created["secret"] not in stored and created["secret"][6:] not in stored
+    assert stored.startswith("sealed:v1:")
+
+    def deliver() -> WebhookDelivery:
+        [delivery] = webhook_emit(organization_id=alice.organization.pk, type="job.completed", data={})
+        attempted = delivery_attempt(delivery_id=delivery.pk)
+        assert attempted is not None
+        return attempted
+
+    old_key = settings.SECRET_KEY
+    settings.SECRET_KEY, settings.SECRET_KEY_FALLBACKS = "a-new-secret-key-" + "x" * 40, [old_key]
+    assert deliver().status == "succeeded"
+    assert _verify(created["secret"], receiver.received[-1]["headers"], receiver.received[-1]["body"])
+    call_command("reseal_secrets", stdout=open(os.devnull, "w"))  # noqa: SIM115
+    settings.SECRET_KEY_FALLBACKS = []
+    assert deliver().status == "succeeded"
+    assert _verify(created["secret"], receiver.received[-1]["headers"], receiver.received[-1]["body"])
+
+    settings.SECRET_KEY = "yet-another-key-" + "y" * 40  # the old ones gone
+    sent = len(receiver.received)
+    failed = deliver()
+    assert failed.status == "pending" and "cannot be read" in failed.last_error
+    assert len(receiver.received) == sent
+
+
+def test_secrets_kept_in_clear_before_the_upgrade_are_sealed_by_it(alice: Tenant, receiver: Receiver) -> None:
+    from importlib import import_module
+
+    from django.apps import apps
+
+    created = _endpoint(alice, receiver.url, ["job.completed"])
+    WebhookEndpoint.objects.filter(pk=created["id"]).update(secret_sealed="whsec_from_before")  # as in 0001
+    import_module("webhooks.migrations.0002_sealed_secrets").seal_existing(apps, None)
+    endpoint = WebhookEndpoint.objects.get(pk=created["id"])
+    assert (
+        endpoint.secret_sealed.startswith("sealed:v1:") and endpoint.signing_secret() == "whsec_from_before"
+    )
