@@ -10,12 +10,16 @@ import hashlib
 import hmac
 import json
 import os
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -317,3 +321,80 @@ def test_secrets_kept_in_clear_before_the_upgrade_are_sealed_by_it(alice: Tenant
     assert (
         endpoint.secret_sealed.startswith("sealed:v1:") and endpoint.signing_secret() == "whsec_from_before"
     )
+
+
+def _tls_receiver(directory: Path, name: str) -> tuple[ThreadingHTTPServer, list[str]]:
+    """An HTTPS receiver on loopback whose certificate (signed by a CA made here, in
+    `directory/ca.crt`) names `name` only; it records each request's Host."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True, timeout=60)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+            "-days", "1", "-subj", "/CN=test CA")  # fmt: skip
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "host.key",
+        "-out",
+        "host.csr",
+        "-subj",
+        f"/CN={name}",
+    )
+    (directory / "host.ext").write_text(f"subjectAltName=DNS:{name}\n")
+    openssl("x509", "-req", "-in", "host.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "host.crt", "-days", "1", "-extfile", "host.ext")  # fmt: skip
+    hosts: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            self.rfile.read(int(self.headers["Content-Length"]))
+            hosts.append(self.headers["Host"])
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(directory / "host.crt", directory / "host.key")
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, hosts
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl (CI installs it)")
+def test_over_https_the_pinned_address_is_verified_against_the_hostname(
+    alice: Tenant, receiver: Receiver, monkeypatch: Any, tmp_path: Path
+) -> None:
+    """Connecting to the checked address, not the name, still verifies the certificate against
+    the name (TLS SNI): the receiver's certificate for rebind.test is accepted, and the same
+    server reached under another name is refused."""
+    server, hosts = _tls_receiver(tmp_path, "rebind.test")
+    port = server.server_address[1]
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.crt"))  # httpx trusts the test CA
+    try:
+        endpoint = _endpoint(alice, receiver.url, ["job.completed"])
+        WebhookEndpoint.objects.filter(pk=endpoint["id"]).update(url=f"https://rebind.test:{port}/hooks")
+        _Rebinding(monkeypatch, first="127.0.0.1", later="10.255.255.1")
+        [delivery] = webhook_emit(organization_id=alice.organization.pk, type="job.completed", data={})
+        attempted = delivery_attempt(delivery_id=delivery.pk)
+        assert attempted is not None and attempted.status == "succeeded", attempted.last_error
+        assert hosts == [f"rebind.test:{port}"]
+
+        WebhookEndpoint.objects.filter(pk=endpoint["id"]).update(url=f"https://127.0.0.1:{port}/hooks")
+        [other] = webhook_emit(organization_id=alice.organization.pk, type="job.completed", data={})
+        refused = delivery_attempt(delivery_id=other.pk)
+        assert (
+            refused is not None
+            and refused.status == "pending"
+            and "CERTIFICATE_VERIFY_FAILED" in refused.last_error
+        )
+        assert len(hosts) == 1
+    finally:
+        server.shutdown()
