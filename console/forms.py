@@ -4,6 +4,7 @@ from django import forms
 
 from accounts.models import BudgetPeriod, Membership
 from accounts.scopes import ALL_SCOPES
+from webhooks.models import EVENT_TYPES
 
 
 class SignInForm(forms.Form):
@@ -69,3 +70,11 @@ class RoleForm(forms.Form):
 
 class PlanForm(forms.Form):
     plan = forms.SlugField(label="Plan", max_length=64)
+
+
+class WebhookCreateForm(forms.Form):
+    url = forms.URLField(label="URL", max_length=2000, assume_scheme="https")
+    events = forms.MultipleChoiceField(
+        label="Events", choices=[(event, event) for event in EVENT_TYPES], widget=forms.CheckboxSelectMultiple
+    )
+    description = forms.CharField(label="Description", max_length=200, required=False)

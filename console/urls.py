@@ -5,6 +5,7 @@ from django.urls import path
 
 from console import auth_views as sign
 from console import views
+from console import webhook_views as hooks
 
 urlpatterns = [
     path("", views.overview, name="console"),
@@ -48,5 +49,7 @@ urlpatterns = [
     path("playground/", views.playground, name="console-playground"),
     path("billing/", views.billing, name="console-billing"),
     path("billing/invoices/<int:invoice_id>/", views.invoice, name="console-invoice"),
+    path("webhooks/", hooks.webhooks, name="console-webhooks"),
+    path("webhooks/<int:endpoint_id>/delete/", hooks.webhook_delete, name="console-webhook-delete"),
     path("audit/", views.audit, name="console-audit"),
 ]

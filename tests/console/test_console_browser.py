@@ -174,7 +174,7 @@ def test_an_owner_runs_their_organization_from_the_console(
     )  # the SDK's and the playground's
     _shoot(page, "usage")
 
-    for name in ("members", "billing", "audit"):
+    for name in ("members", "webhooks", "billing", "audit"):
         page.goto(f"{base}/console/{name}/")
         assert page.locator("h1").inner_text() != ""
         _shoot(page, name)

@@ -20,6 +20,7 @@ PAGES = {
     "/console/": None,
     "/console/keys/": "organization:read",
     "/console/members/": "organization:read",
+    "/console/webhooks/": "organization:read",
     "/console/usage/": "usage:read",
     "/console/documents/": "documents:read",
     "/console/playground/": "generate",
@@ -201,3 +202,57 @@ def test_sign_up_is_a_404_when_disabled(client: Client, settings: Any) -> None:
     settings.SIGNUP_ENABLED = False
     assert client.get("/console/signup/").status_code == 404
     assert b"/console/signup/" not in client.get("/console/login/").content
+
+
+def test_a_webhook_endpoint_is_added_watched_and_deleted_in_the_console(
+    alice: Tenant, charlie: Tenant
+) -> None:
+    from accounts.audit import actor_from_context
+    from webhooks.models import WebhookEndpoint
+    from webhooks.services import endpoint_create, webhook_emit
+
+    client = _signed_in(alice.owner.email)
+    refused = client.post(
+        "/console/webhooks/", {"url": "http://127.0.0.1:9/hooks", "description": "no events"}
+    )
+    assert refused.status_code == 400 and "This field is required" in refused.content.decode()
+    page = client.post(
+        "/console/webhooks/",
+        {
+            "url": "http://127.0.0.1:9/hooks",
+            "events": ["job.completed", "budget.threshold"],
+            "description": "ops",
+        },
+    )
+    assert page.status_code == 200, page.content
+    endpoint = WebhookEndpoint.objects.get(organization=alice.organization)
+    assert f'data-secret="{endpoint.signing_secret()}"' in page.content.decode()
+    assert endpoint.events == ["job.completed", "budget.threshold"] and endpoint.description == "ops"
+    event = AuditEvent.objects.get(action="webhook.created", organization=alice.organization)
+    assert event.actor_label == alice.owner.email
+
+    webhook_emit(organization_id=alice.organization.pk, type="job.completed", data={})
+    listed = client.get("/console/webhooks/").content.decode()
+    assert 'data-secret="' not in listed  # shown once
+    assert (
+        "http://127.0.0.1:9/hooks" in listed
+        and "<td>job.completed</td>" in listed
+        and "<td>pending</td>" in listed
+    )
+
+    theirs, _secret = endpoint_create(
+        organization=charlie.organization,
+        actor=actor_from_context(context=charlie.context()),
+        url="http://127.0.0.1:9/theirs",
+        events=["job.failed"],
+    )
+    assert "theirs" not in listed
+    assert client.post(f"/console/webhooks/{theirs.pk}/delete/").status_code == 302
+    assert WebhookEndpoint.objects.get(pk=theirs.pk).deleted_at is None
+    assert client.post(f"/console/webhooks/{endpoint.pk}/delete/").status_code == 302
+    assert WebhookEndpoint.objects.get(pk=endpoint.pk).deleted_at is not None
+    assert "No endpoints yet." in client.get("/console/webhooks/").content.decode()
+
+    member = _member(alice, "member")
+    response = member.post("/console/webhooks/", {"url": "http://127.0.0.1:9/x", "events": ["job.completed"]})
+    assert response.status_code == 403
