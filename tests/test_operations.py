@@ -46,3 +46,26 @@ def test_admin_pages_render_for_an_operator(alice, admin_client) -> None:
         f"/admin/usage/usagedaily/organization/{alice.organization.pk}/",
     ):
         assert admin_client.get(url).status_code == 200, url
+
+
+@pytest.mark.django_db
+def test_bootstrap_demo_puts_the_demo_organization_on_a_free_plan_once() -> None:
+    import io
+
+    from django.core.management import call_command
+    from rest_framework.test import APIClient
+
+    from billing.models import Subscription
+
+    for _ in range(2):
+        out = io.StringIO()
+        call_command("bootstrap_demo", stdout=out)
+    secret = next(line for line in out.getvalue().splitlines() if line.startswith("API key")).rsplit(" ", 1)[
+        1
+    ]
+    [subscription] = Subscription.objects.all()
+    assert subscription.plan.slug == "demo" and subscription.plan.monthly_price == 0
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    me = client.get("/api/v1/me/")
+    assert me.status_code == 200, me.content

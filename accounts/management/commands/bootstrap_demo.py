@@ -1,17 +1,28 @@
 from __future__ import annotations
 
 import secrets
+from decimal import Decimal
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import transaction
+from django.utils import timezone
 
 from accounts.models import Membership, Organization, User
 from accounts.services import api_key_create, organization_create, user_create
+from billing.models import Plan
+from billing.periods import today_utc
+from billing.selectors import subscription_in_force
+from billing.services import plan_create, subscription_change
+
+DEMO_PLAN = "demo"
 
 
 class Command(BaseCommand):
-    help = "Creates a demo organization with an owner (once) and a fresh API key (every time)."
+    help = (
+        "Creates a demo organization with an owner on a free demo plan (once) and a fresh API key "
+        "(every time)."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--org", default="demo")
@@ -32,6 +43,9 @@ class Command(BaseCommand):
             organization = organization_create(slug=options["org"], name="Demo", owner=user)
         elif not Membership.objects.filter(user=user, organization=organization).exists():
             Membership.objects.create(user=user, organization=organization, role=Membership.Role.OWNER)
+        if subscription_in_force(organization=organization, day=today_utc(timezone.now())) is None:
+            # Its usage then has a price and the console's billing page a plan to show.
+            subscription_change(organization=organization, plan=_demo_plan())
         _key, secret = api_key_create(organization=organization, name="demo", user=user)
         base = options["base_url"]
         lines = [
@@ -54,3 +68,19 @@ class Command(BaseCommand):
             "",
         ]
         self.stdout.write("\n".join(lines))
+
+
+def _demo_plan() -> Plan:
+    """Free, with a million tokens a month included; beyond them, list-like prices."""
+    plan = Plan.objects.filter(slug=DEMO_PLAN).first()
+    if plan is not None:
+        return plan
+    return plan_create(
+        slug=DEMO_PLAN,
+        name="Demo",
+        monthly_price=Decimal("0"),
+        included_tokens=1_000_000,
+        prompt_price_per_1k=Decimal("0.0005"),
+        completion_price_per_1k=Decimal("0.0015"),
+        public=False,
+    )
