@@ -82,6 +82,8 @@ def api_key_resolve(*, prefix: str) -> ResolvedAPIKey | None:
         return _resolved(entry)
     generation = local_key_cache.generation()
     entry, version = keycache.shared_get(prefix)  # the version, read before the database
+    if entry is not None and not _complete(entry):
+        entry = None  # written by a version that cached fewer fields: read it again, once
     if entry is None:
         api_key = APIKey.objects.select_related("organization", "user").filter(prefix=prefix).first()
         if api_key is None:
@@ -100,6 +102,18 @@ def api_key_resolve(*, prefix: str) -> ResolvedAPIKey | None:
         keycache.shared_put(prefix, entry, version=version)
     local_key_cache.put(prefix, entry, generation)
     return _resolved(entry)
+
+
+_ENTRY_MODELS = {"api_key": APIKey, "organization": Organization, "user": User, "membership": Membership}
+_ENTRY_FIELDS = {part: frozenset(CACHED_FIELDS[model]) for part, model in _ENTRY_MODELS.items()}
+
+
+def _complete(entry: dict[str, Any]) -> bool:
+    """Whether the entry holds every field this version caches: one from before a field was
+    added (a rolling upgrade) would load that field from the database on every request."""
+    return all(
+        entry.get(part) is None or fields <= entry[part].keys() for part, fields in _ENTRY_FIELDS.items()
+    )
 
 
 def _resolved(entry: dict[str, Any]) -> ResolvedAPIKey:

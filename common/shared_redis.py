@@ -38,12 +38,16 @@ def cluster_configured() -> bool:
 
 def redis_client() -> SharedRedis:
     """The process's client (thread-safe, one connection pool per node)."""
-    return _client(settings.REDIS_URL, tuple(settings.REDIS_CLUSTER_NODES), tuple(cluster_options().items()))
+    nodes = tuple(settings.REDIS_CLUSTER_NODES)
+    # The cluster's credentials only on a cluster: one Redis (the common case, on every
+    # request's path) reads two settings, as before.
+    return _client(settings.REDIS_URL, nodes, tuple(cluster_options().items()) if nodes else ())
 
 
 @cache
 def _client(url: str, nodes: tuple[str, ...], options: tuple[tuple[str, Any], ...]) -> SharedRedis:
-    # Keyed by the settings, so a test that overrides them gets a client of its own.
+    # Keyed by the settings (`options` too, though `redis_client_new` reads them itself), so a
+    # test that overrides them gets a client of its own.
     return redis_client_new(url=url, nodes=nodes)
 
 

@@ -53,8 +53,8 @@ class SharedCooldowns:
     def listen(self, router: Router) -> None:
         """Applies the other processes' cooldowns to `router` (once per process: a forked child
         starts its own subscriber)."""
-        if not shared_redis_configured() or (self._pid == os.getpid() and self._router is router):
-            return
+        if self._router is router and self._pid == os.getpid() or not shared_redis_configured():
+            return  # on every request: two comparisons once the subscriber runs
         with self._lock:
             if self._pid == os.getpid() and self._router is router:
                 return

@@ -53,3 +53,24 @@ def test_revoking_a_key_reaches_every_server_process(alice: Tenant, start_web_se
         statuses.append(get_status(f"{base}/api/v1/me/", alice.secret))
     assert statuses[-20:] == [401] * 20, statuses
     assert statuses.count(200) <= 2, statuses  # at most while the message is in flight
+
+
+@pytest.mark.django_db
+def test_an_entry_from_a_version_that_cached_fewer_fields_is_read_again_once(alice: Tenant) -> None:
+    """During a rolling upgrade an older process may write a key's shared entry without a field
+    this version caches (`budget_lineage`); served as is, that field would be loaded from the
+    database on every request. It is read again and stored whole instead."""
+    from django.core.cache import cache
+
+    from accounts.keycache import entry_key, local_key_cache
+    from accounts.selectors import api_key_resolve
+
+    prefix = alice.api_key.prefix
+    assert api_key_resolve(prefix=prefix) is not None  # fills the shared entry
+    entry = cache.get(entry_key(prefix))
+    del entry["api_key"]["budget_lineage"]
+    cache.set(entry_key(prefix), entry, timeout=60)
+    local_key_cache.clear()
+    resolved = api_key_resolve(prefix=prefix)
+    assert resolved is not None and "budget_lineage" not in resolved.api_key.get_deferred_fields()
+    assert "budget_lineage" in cache.get(entry_key(prefix))["api_key"]
