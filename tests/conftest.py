@@ -27,6 +27,25 @@ from common.shared_redis import redis_client, shared_redis_configured
 from usage import services as usage_services
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: Any, call: Any) -> Iterator[None]:
+    """A failed test's report shows what the servers it started logged (their warnings and
+    errors: the lines of each request are left out)."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.when != "call" or not report.failed:
+        return
+    for path in getattr(item, "server_logs", []):
+        if path.exists():
+            lines = [
+                line
+                for line in path.read_text(errors="replace").splitlines()
+                if '"level": "INFO"' not in line
+            ]
+            shown = "\n".join(lines[-60:]) or "(its request lines only)"
+            report.sections.append((f"server log {path.name}", shown))
+
+
 @pytest.fixture(autouse=True)
 def _isolated_shared_state() -> Iterator[None]:
     """Every test starts with an empty cache and ledger (Redis keys of this run, or memory)."""
@@ -293,20 +312,25 @@ def celery_worker_process() -> Iterator[subprocess.Popen]:
 
 
 @pytest.fixture
-def start_web_server() -> Iterator[Any]:
+def start_web_server(request: Any, tmp_path_factory: Any) -> Iterator[Any]:
     """Starts the Procfile's web server (`python -m platform.web`) on a free port; stops it
-    after the test."""
+    after the test. What it logged beyond its request lines shows in a failed test's report."""
     started: list[subprocess.Popen] = []
+    logs = tmp_path_factory.mktemp("web")
+    request.node.server_logs = []
 
     def start(*, workers: int = 2, threads: int = 16) -> str:
         port = free_port()
-        process = subprocess.Popen(
-            web_command(port=port, workers=workers, threads=threads),
-            cwd=ROOT,
-            env=server_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        log_path = logs / f"web-{port}.log"
+        request.node.server_logs.append(log_path)
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                web_command(port=port, workers=workers, threads=threads),
+                cwd=ROOT,
+                env=server_env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         started.append(process)
         wait_http(f"http://127.0.0.1:{port}/healthz", process)
         return f"http://127.0.0.1:{port}"

@@ -166,7 +166,8 @@ class AdmissionMiddleware:
             return error.to_response()
         except REDIS_ERRORS as exc:
             _decided(notes, "unavailable")
-            return internal_error_response(exc)  # 503: nothing was held or counted
+            # 503: nothing held (a hold Redis made before it failed is withdrawn: quota_reserve)
+            return internal_error_response(exc)
         notes.limits.update(limits.states)
         _decided(notes, "admitted")
         return None

@@ -233,19 +233,29 @@ def quota_reserve(
     # Admission's rate limits are counted here: with the budgets in one atomic round trip on
     # Redis, on their own before the reservation otherwise.
     refused: ReserveRefused | None
-    if limits is not None and isinstance(ledger, RedisLedger):
-        outcome = ledger.admit(**hold, windows=limits.windows())
-        limits.counted_in_redis(
-            list(outcome.window_counts),
-            refused=outcome.index if isinstance(outcome, WindowRefused) else None,
+    try:
+        if limits is not None and isinstance(ledger, RedisLedger):
+            outcome = ledger.admit(**hold, windows=limits.windows())
+            limits.counted_in_redis(
+                list(outcome.window_counts),
+                refused=outcome.index if isinstance(outcome, WindowRefused) else None,
+            )
+            refused = outcome if isinstance(outcome, ReserveRefused) else None
+        else:
+            if limits is not None:
+                limits.count()
+            refused = ledger.reserve(**hold)
+            if refused is not None and limits is not None:
+                limits.refund_tokens()
+    except REDIS_ERRORS:
+        # Redis may have run the reservation and gone down before it answered: held with no
+        # one to settle it, it would expire charging what it held, for a request answered
+        # 503. Its withdrawal waits for Redis like a deferred settlement; withdrawing one that
+        # was never made does nothing.
+        _keeper.retry_later(
+            PendingSettlement(reservation_id=reservation_id, record_update={}, tokens=0, cancel=True)
         )
-        refused = outcome if isinstance(outcome, ReserveRefused) else None
-    else:
-        if limits is not None:
-            limits.count()
-        refused = ledger.reserve(**hold)
-        if refused is not None and limits is not None:
-            limits.refund_tokens()
+        raise
     if refused is not None:
         raise _quota_exceeded(refused, amount)
     if not queued_for_seconds:

@@ -6,18 +6,24 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
+from unittest import mock
 
 import pytest
+import redis
 from django.conf import settings
 from django.core.management import CommandError, call_command
 from django.db.models import ProtectedError, Sum
+from django.utils import timezone
 
 from accounts.models import APIKey, Organization
 from inference.jobs import job_run
 from inference.models import GenerationJob
 from tests.conftest import Tenant, assert_error_shape
 from usage import services as usage_services
+from usage.counters import budget_counters
 from usage.models import UsageDaily, UsageDeadLetter, UsageRecord
 from usage.records import dead_letters_retry, entries_write
 from usage.services import budget_views, charged_key, get_ledger, reservations_expire, usage_stream_flush
@@ -31,8 +37,6 @@ needs_redis = pytest.mark.skipif(
 
 def _charged(tenant: Tenant) -> int:
     """What the ledger charged the organization this month."""
-    from django.utils import timezone
-
     (total,) = get_ledger().charged(
         [charged_key(organization_id=tenant.organization.pk, when=timezone.now())]
     )
@@ -282,6 +286,74 @@ def test_an_abandoned_reservation_is_charged_what_it_held_and_corrected_when_it_
     count, tokens, rolled_up = _recorded(alice.organization)
     assert (count, tokens, rolled_up, _charged(alice)) == (1, 25, 25, 25)
     assert UsageRecord.objects.get().status == "ok"
+
+
+@contextmanager
+def _answer_lost(command: str, answer: bytes) -> Iterator[list[Any]]:
+    """Redis runs `command` and, the first time it answers `answer`, the connection breaks
+    before the answer arrives (Redis stopped between the two): the client sees a
+    ConnectionError for a command that took effect. Yields the answer that was lost."""
+    parse_response = redis.Redis.parse_response
+    lost: list[Any] = []
+
+    def answer_lost(client: redis.Redis, connection: Any, command_name: str, **options: Any) -> Any:
+        response = parse_response(client, connection, command_name, **options)
+        if command_name == command and not lost and response[0] == answer:
+            lost.append(response)
+            connection.disconnect()
+            raise redis.ConnectionError("Connection closed by server.")
+        return response
+
+    with mock.patch.object(redis.Redis, "parse_response", answer_lost):
+        yield lost
+
+
+@needs_redis
+def test_a_reservation_redis_made_but_never_answered_is_withdrawn_not_charged(
+    alice: Tenant, openai_backend: str
+) -> None:
+    """The request is answered 503 (nothing charged): its hold, made by a Redis that went away
+    before answering, must not expire later charging what it held."""
+    alice.organization.token_quota = 1000
+    alice.organization.save()
+    with _answer_lost("EVALSHA", b"ok") as lost:  # the reservation's script
+        response = _generate(alice, {"prompt": "hello", "max_tokens": 20})
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "store_unavailable"
+    assert lost  # Redis did make the reservation
+    usage_services._keeper.retry_pending()  # what the keeper does every second
+    (budget,) = budget_views(context=alice.context())
+    assert (budget.used, budget.reserved) == (0, 0)
+    assert get_ledger().expire(now=time.time() + settings.RESERVATION_TTL_SECONDS + 1) == 0
+    assert _recorded(alice.organization) == (0, 0, 0)
+    assert _charged(alice) == 0
+    # The rest of the request's life goes on as before.
+    assert _generate(alice, {"prompt": "hello", "max_tokens": 20}).status_code == 200
+
+
+@needs_redis
+def test_a_reservation_sent_twice_is_held_once(alice: Tenant) -> None:
+    """A client that sends the reservation again after its connection broke (the cluster
+    client retries on another connection) does not hold the tokens twice."""
+    alice.organization.token_quota = 1000
+    alice.organization.save()
+    context = alice.context()
+    ledger = get_ledger()
+    reservation_id = ledger.reservation_id_new(organization_id=alice.organization.pk)
+    hold = {
+        "reservation_id": reservation_id,
+        "counters": budget_counters(context=context, end_user=None, now=timezone.now()),
+        "amount": 100,
+        "record": {"reservation_id": reservation_id, "organization_id": alice.organization.pk},
+        "ttl_seconds": 60,
+    }
+    assert ledger.reserve(**hold) is None
+    assert ledger.reserve(**hold) is None
+    (budget,) = budget_views(context=context)
+    assert (budget.used, budget.reserved) == (0, 100)
+    assert ledger.cancel(reservation_id=reservation_id)
+    (budget,) = budget_views(context=context)
+    assert (budget.used, budget.reserved) == (0, 0)
 
 
 def test_a_stream_the_upstream_cuts_is_charged_for_what_was_generated(

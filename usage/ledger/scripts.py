@@ -14,6 +14,12 @@ local w = tonumber(ARGV[6])
 local n = #KEYS - 2 - w
 local wbase = 9
 local cbase = wbase + 4 * w
+-- Sent again by a client whose connection broke before the answer: it is made already.
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local counts = {}
+  for i = 1, w do counts[i] = tonumber(redis.call('GET', KEYS[2 + i]) or '0') end
+  return {'ok', counts}
+end
 for i = 1, n do
   if redis.call('EXISTS', KEYS[2 + w + i]) == 0 then return {'init', i} end
 end
