@@ -27,16 +27,20 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import Getter
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.util.types import AttributeValue
 
 if TYPE_CHECKING:
     from django.http import HttpRequest
@@ -85,6 +89,7 @@ def tracing_configure(*, exporter: SpanExporter | None = None, batch: bool = Tru
             DroppingBatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter)
         )
         trace.set_tracer_provider(provider)
+        _direct_install(provider)
         tracing_instrument()
         _configured = True
         return True
@@ -251,6 +256,109 @@ def server_span_end(server: ServerSpan, *, route: str | None, status: int | None
             span.end()
     finally:
         otel_context.detach(server.token)
+
+
+# --- Finished spans ------------------------------------------------------------------------
+#
+# The platform's own child spans (admission, the upstream call, the engine's queue wait, prefill
+# and decode) are known whole when they are recorded: name, start, end, attributes. Through the
+# SDK's tracer each one costs a sampling decision, attributes copied into BoundedAttributes one
+# lock at a time, a Span started and ended under its lock, and a ReadableSpan copy of it for the
+# processor (BENCHMARKS.md, issue 15). Under a sampler that follows the parent (ParentBased with
+# its default delegates: the SDK's default, and parentbased_traceidratio), the child of a sampled
+# span is sampled, so the ReadableSpan the processor would have been given is built directly.
+# With another sampler, or to record an exception, the SDK's tracer does it.
+
+
+@dataclass(frozen=True, slots=True)
+class _Direct:
+    processor: SpanProcessor
+    resource: Resource
+    span_id: Callable[[], int]
+
+
+_direct: _Direct | None = None
+_scopes: dict[str, InstrumentationScope] = {}
+_tracers: dict[str, trace.Tracer] = {}
+
+
+def _follows_parent(sampler: Any) -> bool:
+    return (
+        isinstance(sampler, ParentBased)
+        and sampler._local_parent_sampled is ALWAYS_ON
+        and sampler._remote_parent_sampled is ALWAYS_ON
+    )
+
+
+def _direct_install(provider: TracerProvider) -> None:
+    """Records finished spans directly into `provider`'s processor when its sampler allows it
+    (the provider's processor is private to the SDK, which is pinned)."""
+    global _direct
+    _direct = (
+        _Direct(
+            processor=provider._active_span_processor,
+            resource=provider.resource,
+            span_id=provider.id_generator.generate_span_id,
+        )
+        if _follows_parent(provider.sampler)
+        else None
+    )
+
+
+def span_finished(
+    name: str,
+    *,
+    start_ns: int,
+    end_ns: int | None = None,
+    attributes: dict[str, AttributeValue],
+    parent: otel_context.Context | None = None,
+    scope: str = __name__,
+    kind: SpanKind = SpanKind.INTERNAL,
+    error: BaseException | None = None,
+) -> None:
+    """Records a span that has ended (at `end_ns`, default now), as a child of the current span
+    of `parent` (default: this thread's context) when that one is recorded; `error` is recorded
+    as its exception and status. `attributes` becomes the span's: not to be changed after."""
+    parent_span = trace.get_current_span(parent)
+    if not parent_span.is_recording():
+        return
+    direct = _direct
+    if direct is None or error is not None:
+        tracer = _tracers.get(scope)
+        if tracer is None:
+            tracer = _tracers[scope] = trace.get_tracer(scope)
+        span = tracer.start_span(name, context=parent, kind=kind, start_time=start_ns, attributes=attributes)
+        if error is not None:
+            span.record_exception(error)
+            span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+        span.end(end_time=end_ns)
+        return
+    parent_context = parent_span.get_span_context()
+    if not parent_context.trace_flags.sampled:
+        return
+    instrumentation_scope = _scopes.get(scope)
+    if instrumentation_scope is None:
+        # As the SDK names a tracer's scope: no version is "".
+        instrumentation_scope = _scopes[scope] = InstrumentationScope(scope, "")
+    direct.processor.on_end(
+        ReadableSpan(
+            name,
+            SpanContext(
+                parent_context.trace_id,
+                direct.span_id(),
+                is_remote=False,
+                trace_flags=parent_context.trace_flags,
+                trace_state=parent_context.trace_state,
+            ),
+            parent_context,
+            direct.resource,
+            attributes,
+            kind=kind,
+            start_time=start_ns,
+            end_time=time.time_ns() if end_ns is None else end_ns,
+            instrumentation_scope=instrumentation_scope,
+        )
+    )
 
 
 # --- Redis client spans ----------------------------------------------------------------------

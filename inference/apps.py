@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from django.apps import AppConfig
@@ -13,6 +14,11 @@ class InferenceConfig(AppConfig):
 
     def ready(self) -> None:
         checks.register(registry_file_check)
+        # The engine's finished spans go straight to the SDK's processor when tracing is on.
+        from common.tracing import span_finished
+        from inference.engine import spans
+
+        spans.recorder_install(functools.partial(span_finished, scope="inference.engine"))
 
 
 def registry_file_check(**kwargs: Any) -> list[checks.CheckMessage]:

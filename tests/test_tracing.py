@@ -264,3 +264,77 @@ def test_a_full_export_queue_drops_spans_without_a_log_record_each(caplog: Any) 
     finally:
         release.set()
         provider.shutdown()
+
+
+@pytest.mark.django_db
+def test_a_finished_span_recorded_directly_is_the_span_the_sdk_would_have_made(
+    spans: InMemorySpanExporter,
+) -> None:
+    """The platform's own child spans skip the SDK's tracer (issue 15): what the exporter gets
+    must not tell them apart, but for their ids."""
+    from opentelemetry import trace
+
+    assert tracing._direct is not None  # the SDK's default sampler follows the parent
+    spans.clear()
+    attributes = {"llmp.admission.outcome": "admitted", "llmp.tokens.estimated": 12}
+    with trace.get_tracer("test").start_as_current_span("request") as parent:
+        start, end = time.time_ns() - 5_000, time.time_ns()
+        tracing.span_finished("admission", start_ns=start, end_ns=end, attributes=dict(attributes), scope="x.y")
+        trace.get_tracer("x.y").start_span("admission", start_time=start, attributes=attributes).end(end_time=end)
+    direct, made = (s for s in spans.get_finished_spans() if s.name == "admission")
+
+    def described(span: ReadableSpan) -> dict[str, Any]:
+        assert span.context is not None and span.instrumentation_scope is not None
+        return {
+            "trace_id": span.context.trace_id,
+            "flags": span.context.trace_flags,
+            "state": span.context.trace_state,
+            "remote": span.context.is_remote,
+            "parent": span.parent,
+            "kind": span.kind,
+            "attributes": dict(span.attributes or {}),
+            "times": (span.start_time, span.end_time),
+            "status": span.status.status_code,
+            "scope": span.instrumentation_scope,
+            "resource": span.resource.attributes,
+            "events": list(span.events),
+            "links": list(span.links),
+        }
+
+    assert described(direct) == described(made)
+    assert direct.parent == parent.get_span_context()
+    assert direct.context is not None and made.context is not None
+    assert direct.context.span_id not in (made.context.span_id, parent.get_span_context().span_id)
+    assert json.loads(direct.to_json())["attributes"] == attributes
+
+
+@pytest.mark.django_db
+def test_a_finished_span_outside_a_recorded_one_is_not_recorded_and_an_error_is(
+    spans: InMemorySpanExporter,
+) -> None:
+    from opentelemetry import trace
+
+    spans.clear()
+    tracing.span_finished("alone", start_ns=time.time_ns(), attributes={})
+    assert spans.get_finished_spans() == ()
+    with trace.get_tracer("test").start_as_current_span("request"):
+        tracing.span_finished("failed", start_ns=time.time_ns(), attributes={}, error=ValueError("no"))
+    (failed,) = [s for s in spans.get_finished_spans() if s.name == "failed"]
+    assert failed.status.status_code.name == "ERROR"
+    assert [event.name for event in failed.events] == ["exception"]
+
+
+def test_only_a_sampler_that_follows_the_parent_lets_spans_skip_it() -> None:
+    from opentelemetry.sdk.trace.sampling import (
+        ALWAYS_OFF,
+        ALWAYS_ON,
+        ParentBased,
+        ParentBasedTraceIdRatio,
+        TraceIdRatioBased,
+    )
+
+    assert tracing._follows_parent(ParentBased(ALWAYS_ON))
+    assert tracing._follows_parent(ParentBasedTraceIdRatio(0.1))
+    assert not tracing._follows_parent(ALWAYS_ON)
+    assert not tracing._follows_parent(TraceIdRatioBased(0.5))
+    assert not tracing._follows_parent(ParentBased(ALWAYS_ON, local_parent_sampled=ALWAYS_OFF))

@@ -20,21 +20,20 @@ from typing import Any
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from opentelemetry import trace
-from opentelemetry.trace import Status, StatusCode
+from opentelemetry.util.types import AttributeValue
 
 from accounts.context import AuthContext
 from common.errors import APIError, internal_error_response
 from common.metrics import ADMISSIONS
 from common.request_notes import RequestNotes, request_notes
 from common.shared_redis import REDIS_ERRORS, shared_redis_configured
-from common.tracing import redis_spans_fold, redis_spans_unfold
+from common.tracing import redis_spans_fold, redis_spans_unfold, span_finished
 from usage.admission import RouteCost, route_cost
 from usage.ratelimit import LimitState, LimitWindows, RateLimited, format_reset, requests_hit, tokens_hit
 from usage.services import quota_reserve
 from usage.tokens import TokenEstimate
 
 logger = logging.getLogger(__name__)
-_tracer = trace.get_tracer(__name__)
 
 
 def _set_headers(response: HttpResponse, state: LimitState | None) -> None:
@@ -114,21 +113,18 @@ class AdmissionMiddleware:
         try:
             refused = self._admit(request, notes, context=context, cost=cost, body=body, estimate=estimate)
         except Exception as exc:
-            span = _tracer.start_span("admission", start_time=started_ns)
-            span.record_exception(exc)
-            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-            span.end()
+            span_finished("admission", start_ns=started_ns, attributes={}, scope=__name__, error=exc)
             raise
         finally:
             redis_spans_unfold(folded)
         if trace.get_current_span().is_recording():  # the request's trace is recorded
-            attributes: dict[str, str | int] = {
+            attributes: dict[str, AttributeValue] = {
                 "llmp.admission.outcome": notes.admission or "",
                 "llmp.tokens.estimated": estimate.total,
             }
             if shared_redis_configured():
                 attributes["db.system"] = "redis"
-            _tracer.start_span("admission", start_time=started_ns, attributes=attributes).end()
+            span_finished("admission", start_ns=started_ns, attributes=attributes, scope=__name__)
         return refused
 
     def _admit(
@@ -166,6 +162,7 @@ class AdmissionMiddleware:
             return error.to_response()
         except REDIS_ERRORS as exc:
             _decided(notes, "unavailable")
+            logger.warning("Admission could not reach the shared store: %r", exc)
             # 503: nothing held (a hold Redis made before it failed is withdrawn: quota_reserve)
             return internal_error_response(exc)
         notes.limits.update(limits.states)

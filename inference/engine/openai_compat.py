@@ -8,9 +8,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from opentelemetry import trace
-
-from inference.engine import http
+from inference.engine import http, spans
 from inference.engine.observe import EngineObserver, NoObserver
 from inference.engine.stream import GenerationStream
 from inference.engine.tokens import tiktoken_encoding
@@ -20,9 +18,6 @@ from inference.engine.types import (
     StreamChunk,
     UpstreamError,
 )
-
-# The OpenTelemetry API only: a no-op unless the serving layer installed the SDK.
-_tracer = trace.get_tracer("inference.engine")
 
 # A health check's limit: a server that needs longer for one token is not back yet.
 _PROBE_TIMEOUT_S = 5.0
@@ -83,10 +78,10 @@ class OpenAIBackend:
     def generate(self, request: GenerationRequest) -> GenerationResult:
         is_chat = request.messages is not None
         started = time.perf_counter()
+        traced = spans.recording()
+        started_ns = time.time_ns() if traced else 0
+        error: BaseException | None = None
         self._track(+1)
-        span = _tracer.start_span(
-            "engine.upstream", attributes={"llm.model": self.model_name, "llm.stream": False}
-        )
         try:
             response = self._send(request, stream=False)
             try:
@@ -97,9 +92,19 @@ class OpenAIBackend:
                 raise UpstreamError(
                     f"malformed upstream response: {exc}", status_code=response.status_code
                 ) from exc
+        except BaseException as exc:
+            error = exc
+            raise
         finally:
             self._track(-1)
-            span.end()
+            if traced:
+                spans.span_record(
+                    "engine.upstream",
+                    start_ns=started_ns,
+                    end_ns=time.time_ns(),
+                    attributes={"llm.model": self.model_name, "llm.stream": False},
+                    error=error,
+                )
         result = self._result(
             request=request,
             text=text or "",
