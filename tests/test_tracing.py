@@ -279,8 +279,12 @@ def test_a_finished_span_recorded_directly_is_the_span_the_sdk_would_have_made(
     attributes = {"llmp.admission.outcome": "admitted", "llmp.tokens.estimated": 12}
     with trace.get_tracer("test").start_as_current_span("request") as parent:
         start, end = time.time_ns() - 5_000, time.time_ns()
-        tracing.span_finished("admission", start_ns=start, end_ns=end, attributes=dict(attributes), scope="x.y")
-        trace.get_tracer("x.y").start_span("admission", start_time=start, attributes=attributes).end(end_time=end)
+        tracing.span_finished(
+            "admission", start_ns=start, end_ns=end, attributes=dict(attributes), scope="x.y"
+        )
+        trace.get_tracer("x.y").start_span("admission", start_time=start, attributes=attributes).end(
+            end_time=end
+        )
     direct, made = (s for s in spans.get_finished_spans() if s.name == "admission")
 
     def described(span: ReadableSpan) -> dict[str, Any]:
