@@ -26,6 +26,7 @@ import logging
 import os
 import threading
 import time
+import traceback
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -33,14 +34,15 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+from opentelemetry.attributes import BoundedAttributes, _clean_attribute_value
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, Sampler
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
-from opentelemetry.util.types import AttributeValue
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.util.types import AnyValue, AttributeValue
 
 if TYPE_CHECKING:
     from django.http import HttpRequest
@@ -228,11 +230,13 @@ def server_span_start(request: HttpRequest) -> ServerSpan | None:
         return None
     method = request.method if request.method in _KNOWN_METHODS else "_OTHER"
     parent = _incoming_context(request.META)
-    span = _tracer.start_span(
-        method if method != "_OTHER" else "HTTP",
-        context=parent,
-        kind=SpanKind.SERVER,
-        attributes={"http.request.method": method, "url.path": request.path, "url.scheme": request.scheme},
+    name = method if method != "_OTHER" else "HTTP"
+    attributes = {"http.request.method": method, "url.path": request.path, "url.scheme": request.scheme}
+    direct = _direct
+    span = (
+        _tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes)
+        if direct is None
+        else _DirectSpan.start(direct, name, parent=parent, kind=SpanKind.SERVER, attributes=attributes)
     )
     token = otel_context.attach(trace.set_span_in_context(span, parent))
     return ServerSpan(span=span, method=method, token=token)
@@ -274,7 +278,10 @@ def server_span_end(server: ServerSpan, *, route: str | None, status: int | None
 class _Direct:
     processor: SpanProcessor
     resource: Resource
+    sampler: Sampler
     span_id: Callable[[], int]
+    trace_id: Callable[[], int]
+    random_trace_ids: bool
 
 
 _direct: _Direct | None = None
@@ -298,7 +305,10 @@ def _direct_install(provider: TracerProvider) -> None:
         _Direct(
             processor=provider._active_span_processor,
             resource=provider.resource,
+            sampler=provider.sampler,
             span_id=provider.id_generator.generate_span_id,
+            trace_id=provider.id_generator.generate_trace_id,
+            random_trace_ids=provider.id_generator.is_trace_id_random(),
         )
         if _follows_parent(provider.sampler)
         else None
@@ -336,10 +346,6 @@ def span_finished(
     parent_context = parent_span.get_span_context()
     if not parent_context.trace_flags.sampled:
         return
-    instrumentation_scope = _scopes.get(scope)
-    if instrumentation_scope is None:
-        # As the SDK names a tracer's scope: no version is "".
-        instrumentation_scope = _scopes[scope] = InstrumentationScope(scope, "")
     direct.processor.on_end(
         ReadableSpan(
             name,
@@ -356,9 +362,168 @@ def span_finished(
             kind=kind,
             start_time=start_ns,
             end_time=time.time_ns() if end_ns is None else end_ns,
-            instrumentation_scope=instrumentation_scope,
+            instrumentation_scope=_scope(scope),
         )
     )
+
+
+def _scope(name: str) -> InstrumentationScope:
+    scope = _scopes.get(name)
+    if scope is None:
+        # As the SDK names a tracer's scope: no version is "".
+        scope = _scopes[name] = InstrumentationScope(name, "")
+    return scope
+
+
+class _DirectSpan(trace.Span):
+    """A span that stays open while work runs under it (the request's server span), recorded by
+    the platform instead of the SDK's `_Span` under the same conditions as `span_finished`: its
+    sampling decision is the sampler's, and at its end the processor gets the ReadableSpan the
+    SDK would have made. Attributes set by others are cleaned as the SDK cleans them."""
+
+    _MAX_EVENTS = 128  # the SDK's default limit
+
+    def __init__(
+        self,
+        direct: _Direct,
+        name: str,
+        *,
+        context: SpanContext,
+        parent: SpanContext | None,
+        kind: SpanKind,
+        attributes: dict[str, AnyValue],
+        scope: str,
+    ) -> None:
+        self._direct = direct
+        self._name = name
+        self._context = context
+        self._parent = parent
+        self._kind = kind
+        self._attributes = attributes
+        self._scope = scope
+        self._events: list[Event] = []
+        self._links: list[trace.Link] = []
+        self._status = Status(StatusCode.UNSET)
+        self._start_ns = time.time_ns()
+        self._end_ns: int | None = None
+
+    @classmethod
+    def start(
+        cls,
+        direct: _Direct,
+        name: str,
+        *,
+        parent: otel_context.Context | None,
+        kind: SpanKind,
+        attributes: Mapping[str, AnyValue],
+        scope: str = __name__,
+    ) -> trace.Span:
+        parent_context: SpanContext | None = trace.get_current_span(parent).get_span_context()
+        if parent_context is None or not parent_context.is_valid:
+            parent_context, trace_id, random_trace_id = None, direct.trace_id(), direct.random_trace_ids
+        else:
+            trace_id, random_trace_id = parent_context.trace_id, parent_context.trace_flags.random_trace_id
+        sampled = direct.sampler.should_sample(parent, trace_id, name, kind, attributes, ())
+        flags = TraceFlags.SAMPLED if sampled.decision.is_sampled() else TraceFlags.DEFAULT
+        if random_trace_id:
+            flags |= TraceFlags.RANDOM_TRACE_ID
+        context = SpanContext(
+            trace_id,
+            direct.span_id(),
+            is_remote=False,
+            trace_flags=TraceFlags(flags),
+            trace_state=sampled.trace_state,
+        )
+        if not sampled.decision.is_recording():
+            return trace.NonRecordingSpan(context)
+        return cls(
+            direct,
+            name,
+            context=context,
+            parent=parent_context,
+            kind=kind,
+            attributes=dict(sampled.attributes or {}),
+            scope=scope,
+        )
+
+    def get_span_context(self) -> SpanContext:
+        return self._context
+
+    def is_recording(self) -> bool:
+        return self._end_ns is None
+
+    def set_attribute(self, key: str, value: AnyValue) -> None:
+        if self._end_ns is not None or not key or not isinstance(key, str):
+            return
+        self._attributes[key] = _clean_attribute_value(value, None)
+
+    def set_attributes(self, attributes: Mapping[str, AnyValue]) -> None:
+        for key, value in attributes.items():
+            self.set_attribute(key, value)
+
+    def add_event(
+        self, name: str, attributes: Mapping[str, AnyValue] | None = None, timestamp: int | None = None
+    ) -> None:
+        if self._end_ns is None and len(self._events) < self._MAX_EVENTS:
+            self._events.append(
+                Event(name, BoundedAttributes(attributes=attributes, immutable=True), timestamp)
+            )
+
+    def add_link(self, context: SpanContext, attributes: Mapping[str, AnyValue] | None = None) -> None:
+        if self._end_ns is None and context.is_valid:
+            self._links.append(trace.Link(context, BoundedAttributes(attributes=attributes, immutable=True)))
+
+    def update_name(self, name: str) -> None:
+        if self._end_ns is None:
+            self._name = name
+
+    def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
+        # As the SDK: OK is final, UNSET is ignored.
+        if self._end_ns is not None or self._status.status_code is StatusCode.OK:
+            return
+        if isinstance(status, StatusCode):
+            status = Status(status, description)
+        if status.status_code is not StatusCode.UNSET:
+            self._status = status
+
+    def record_exception(
+        self,
+        exception: BaseException,
+        attributes: Mapping[str, AnyValue] | None = None,
+        timestamp: int | None = None,
+        escaped: bool = False,
+    ) -> None:
+        # The SDK's event, attribute for attribute.
+        module, qualname = type(exception).__module__, type(exception).__qualname__
+        recorded: dict[str, AnyValue] = {
+            "exception.type": f"{module}.{qualname}" if module and module != "builtins" else qualname,
+            "exception.message": str(exception),
+            "exception.stacktrace": "".join(traceback.format_exception(exception)),
+            "exception.escaped": str(escaped),
+        }
+        recorded.update(attributes or {})
+        self.add_event("exception", recorded, timestamp)
+
+    def end(self, end_time: int | None = None) -> None:
+        if self._end_ns is not None:
+            return
+        self._end_ns = end_time if end_time is not None else time.time_ns()
+        self._direct.processor.on_end(
+            ReadableSpan(
+                self._name,
+                self._context,
+                self._parent,
+                self._direct.resource,
+                self._attributes,
+                tuple(self._events),
+                tuple(self._links),
+                self._kind,
+                status=self._status,
+                start_time=self._start_ns,
+                end_time=self._end_ns,
+                instrumentation_scope=_scope(self._scope),
+            )
+        )
 
 
 # --- Redis client spans ----------------------------------------------------------------------

@@ -287,25 +287,7 @@ def test_a_finished_span_recorded_directly_is_the_span_the_sdk_would_have_made(
         )
     direct, made = (s for s in spans.get_finished_spans() if s.name == "admission")
 
-    def described(span: ReadableSpan) -> dict[str, Any]:
-        assert span.context is not None and span.instrumentation_scope is not None
-        return {
-            "trace_id": span.context.trace_id,
-            "flags": span.context.trace_flags,
-            "state": span.context.trace_state,
-            "remote": span.context.is_remote,
-            "parent": span.parent,
-            "kind": span.kind,
-            "attributes": dict(span.attributes or {}),
-            "times": (span.start_time, span.end_time),
-            "status": span.status.status_code,
-            "scope": span.instrumentation_scope,
-            "resource": span.resource.attributes,
-            "events": list(span.events),
-            "links": list(span.links),
-        }
-
-    assert described(direct) == described(made)
+    assert _described(direct) == _described(made)
     assert direct.parent == parent.get_span_context()
     assert direct.context is not None and made.context is not None
     assert direct.context.span_id not in (made.context.span_id, parent.get_span_context().span_id)
@@ -342,3 +324,97 @@ def test_only_a_sampler_that_follows_the_parent_lets_spans_skip_it() -> None:
     assert not tracing._follows_parent(ALWAYS_ON)
     assert not tracing._follows_parent(TraceIdRatioBased(0.5))
     assert not tracing._follows_parent(ParentBased(ALWAYS_ON, local_parent_sampled=ALWAYS_OFF))
+
+
+def _described(span: ReadableSpan, *, times: bool = True) -> dict[str, Any]:
+    """What an exporter reads of a span, but its ids."""
+    assert span.context is not None and span.instrumentation_scope is not None
+    return {
+        "name": span.name,
+        "trace_id": span.context.trace_id,
+        "flags": span.context.trace_flags,
+        "state": span.context.trace_state,
+        "remote": span.context.is_remote,
+        "parent": span.parent,
+        "kind": span.kind,
+        "attributes": dict(span.attributes or {}),
+        "times": (span.start_time, span.end_time) if times else None,
+        "status": (span.status.status_code, span.status.description),
+        "scope": span.instrumentation_scope,
+        "resource": span.resource.attributes,
+        "events": [
+            (e.name, {k: v for k, v in (e.attributes or {}).items() if k != "exception.stacktrace"})
+            for e in span.events
+        ],
+        "links": [(link.context, dict(link.attributes or {})) for link in span.links],
+    }
+
+
+@pytest.mark.django_db
+def test_the_server_span_recorded_by_the_platform_is_the_span_the_sdk_would_have_made(
+    spans: InMemorySpanExporter,
+) -> None:
+    """The same calls on the platform's server span and on the SDK's give the same span: a
+    caller's context continued, attributes cleaned as the SDK cleans them, an exception, a
+    status, a link, a new name, a second end ignored."""
+    from opentelemetry import trace
+    from opentelemetry.trace import SpanKind, Status, StatusCode
+
+    assert tracing._direct is not None
+    spans.clear()
+    caller = tracing._incoming_context(
+        {"HTTP_TRACEPARENT": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
+    )
+    linked = trace.SpanContext(0x1234, 0x5678, is_remote=True, trace_flags=trace.TraceFlags(1))
+    attributes = {"http.request.method": "GET", "url.path": "/x"}
+    made = [
+        trace.get_tracer("common.tracing").start_span(
+            "GET", context=caller, kind=SpanKind.SERVER, attributes=attributes
+        ),
+        tracing._DirectSpan.start(
+            tracing._direct, "GET", parent=caller, kind=SpanKind.SERVER, attributes=attributes
+        ),
+    ]
+    try:
+        raise ValueError("boom")
+    except ValueError as exc:
+        error = exc
+    for span in made:
+        assert span.is_recording()
+        span.set_attributes({"http.route": "x/", "retries": [1, 2], "empty": None})
+        span.set_attribute("http.response.status_code", 500)
+        span.add_event("note", {"k": "v"}, timestamp=123)
+        span.add_link(linked, {"why": "batch"})
+        span.record_exception(error, timestamp=456)
+        span.set_status(Status(StatusCode.ERROR, "ValueError"))
+        span.set_status(StatusCode.UNSET)
+        span.update_name("GET x/")
+        span.end()
+        assert not span.is_recording()
+        span.set_attribute("after", 1)
+        span.end()
+    sdk, direct = spans.get_finished_spans()
+    assert _described(direct, times=False) == _described(sdk, times=False)
+    assert direct.parent is not None and format(direct.parent.span_id, "016x") == "00f067aa0ba902b7"
+    assert direct.events[1].attributes is not None
+    assert "ValueError: boom" in str(direct.events[1].attributes["exception.stacktrace"])
+
+
+@pytest.mark.django_db
+def test_an_unhandled_error_is_recorded_on_the_server_span(
+    alice: Tenant, spans: InMemorySpanExporter, monkeypatch: Any
+) -> None:
+    def explode(**kwargs: object) -> None:
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr("usage.apis.usage_report", explode)
+    spans.clear()
+    client = alice.client()
+    client.raise_request_exception = False
+    assert client.get("/api/v1/usage/", {"start": "2026-01-01", "end": "2026-01-02"}).status_code == 500
+    (server,) = [span for span in spans.get_finished_spans() if span.kind.name == "SERVER"]
+    assert server.status.status_code.name == "ERROR"
+    assert server.attributes is not None and server.attributes["http.response.status_code"] == 500
+    (event,) = server.events
+    assert event.attributes is not None
+    assert (event.name, event.attributes["exception.type"]) == ("exception", "RuntimeError")
