@@ -57,9 +57,10 @@ def test_gateway_bench_measures_tracing_off_and_on_in_one_run(tmp_path: Path) ->
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     summary = json.loads(out.read_text())
-    for tracing in ("off", "on"):
+    assert summary["order"] == ["off", "on", "on", "off"]
+    for tracing, phase in zip(summary["order"], summary["phases"], strict=True):
         for connections in ("c1", "c32"):
-            gateway = summary[tracing][connections]["gateway"]
+            gateway = phase[connections]["gateway"]
             assert gateway["requests_per_second"] > 0 and gateway["errors"] == 0, (tracing, gateway)
     assert summary["c32_throughput_on_over_off"] > 0
     assert "tracing off" in result.stdout and "% cost" in result.stdout
