@@ -12,7 +12,9 @@ Celery (the context travels in the task's headers, so a job's trace goes from th
 through Redis to the worker), Redis, psycopg, requests and httpx are instrumented; the platform
 adds its own spans (admission, the engine's queue wait, prefill and decode, ingestion stages, the
 usage flush) through `opentelemetry.trace.get_tracer`, which costs next to nothing while no SDK is
-installed.
+installed. The server span and the platform's finished spans are recorded without the SDK's
+tracer where the sampler allows it (`common.spans`); Redis client spans are the platform's own
+(`common.redis_spans`).
 
 What it costs is measured by `bench/bench_tracing_cpu.py` (CPU per request) and
 `bench/bench_gateway.py --tracing both` (throughput); BENCHMARKS.md has the figures behind the
@@ -26,23 +28,18 @@ import logging
 import os
 import threading
 import time
-import traceback
-import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.attributes import BoundedAttributes, _clean_attribute_value
 from opentelemetry.propagators.textmap import Getter
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, Sampler
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
-from opentelemetry.util.types import AnyValue, AttributeValue
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from common import redis_spans, spans
 
 if TYPE_CHECKING:
     from django.http import HttpRequest
@@ -91,7 +88,7 @@ def tracing_configure(*, exporter: SpanExporter | None = None, batch: bool = Tru
             DroppingBatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter)
         )
         trace.set_tracer_provider(provider)
-        _direct_install(provider)
+        spans.recorder_install(provider)
         tracing_instrument()
         _configured = True
         return True
@@ -116,7 +113,7 @@ def tracing_instrument() -> None:
     if "celery" not in disabled:
         CeleryInstrumentor().instrument()
     if "redis" not in disabled:
-        redis_spans_instrument()
+        redis_spans.redis_spans_instrument()
     if "psycopg" not in disabled:
         PsycopgInstrumentor().instrument(enable_commenter=False)
     if "requests" not in disabled:
@@ -143,7 +140,7 @@ def tracing_uninstrument() -> None:
 
     global _server_spans
     _server_spans = False
-    redis_spans_uninstrument()
+    redis_spans.redis_spans_uninstrument()
     for instrumentor in (
         CeleryInstrumentor(),
         PsycopgInstrumentor(),
@@ -161,7 +158,7 @@ def tracing_instrumented() -> set[str]:
     from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
     from opentelemetry.instrumentation.requests import RequestsInstrumentor
 
-    names = {name for name, on in (("django", _server_spans), ("redis", _redis_wrapped)) if on}
+    names = {name for name, on in (("django", _server_spans), ("redis", redis_spans.instrumented())) if on}
     for name, instrumentor in (
         ("celery", CeleryInstrumentor()),
         ("psycopg", PsycopgInstrumentor()),
@@ -232,11 +229,13 @@ def server_span_start(request: HttpRequest) -> ServerSpan | None:
     parent = _incoming_context(request.META)
     name = method if method != "_OTHER" else "HTTP"
     attributes = {"http.request.method": method, "url.path": request.path, "url.scheme": request.scheme}
-    direct = _direct
+    recorder = spans.recorder
     span = (
         _tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes)
-        if direct is None
-        else _DirectSpan.start(direct, name, parent=parent, kind=SpanKind.SERVER, attributes=attributes)
+        if recorder is None
+        else spans.DirectSpan.start(
+            recorder, name, parent=parent, kind=SpanKind.SERVER, attributes=attributes
+        )
     )
     token = otel_context.attach(trace.set_span_in_context(span, parent))
     return ServerSpan(span=span, method=method, token=token)
@@ -260,400 +259,6 @@ def server_span_end(server: ServerSpan, *, route: str | None, status: int | None
             span.end()
     finally:
         otel_context.detach(server.token)
-
-
-# --- Finished spans ------------------------------------------------------------------------
-#
-# The platform's own child spans (admission, the upstream call, the engine's queue wait, prefill
-# and decode) are known whole when they are recorded: name, start, end, attributes. Through the
-# SDK's tracer each one costs a sampling decision, attributes copied into BoundedAttributes one
-# lock at a time, a Span started and ended under its lock, and a ReadableSpan copy of it for the
-# processor (BENCHMARKS.md, issue 15). Under a sampler that follows the parent (ParentBased with
-# its default delegates: the SDK's default, and parentbased_traceidratio), the child of a sampled
-# span is sampled, so the ReadableSpan the processor would have been given is built directly.
-# With another sampler, or to record an exception, the SDK's tracer does it.
-
-
-@dataclass(frozen=True, slots=True)
-class _Direct:
-    processor: SpanProcessor
-    resource: Resource
-    sampler: Sampler
-    span_id: Callable[[], int]
-    trace_id: Callable[[], int]
-    random_trace_ids: bool
-
-
-_direct: _Direct | None = None
-_scopes: dict[str, InstrumentationScope] = {}
-_tracers: dict[str, trace.Tracer] = {}
-
-
-def _follows_parent(sampler: Any) -> bool:
-    return (
-        isinstance(sampler, ParentBased)
-        and sampler._local_parent_sampled is ALWAYS_ON
-        and sampler._remote_parent_sampled is ALWAYS_ON
-    )
-
-
-def _direct_install(provider: TracerProvider) -> None:
-    """Records finished spans directly into `provider`'s processor when its sampler allows it
-    (the provider's processor is private to the SDK, which is pinned)."""
-    global _direct
-    _direct = (
-        _Direct(
-            processor=provider._active_span_processor,
-            resource=provider.resource,
-            sampler=provider.sampler,
-            span_id=provider.id_generator.generate_span_id,
-            trace_id=provider.id_generator.generate_trace_id,
-            random_trace_ids=provider.id_generator.is_trace_id_random(),
-        )
-        if _follows_parent(provider.sampler)
-        else None
-    )
-
-
-def span_finished(
-    name: str,
-    *,
-    start_ns: int,
-    end_ns: int | None = None,
-    attributes: dict[str, AttributeValue],
-    parent: otel_context.Context | None = None,
-    scope: str = __name__,
-    kind: SpanKind = SpanKind.INTERNAL,
-    error: BaseException | None = None,
-) -> None:
-    """Records a span that has ended (at `end_ns`, default now), as a child of the current span
-    of `parent` (default: this thread's context) when that one is recorded; `error` is recorded
-    as its exception and status. `attributes` becomes the span's: not to be changed after."""
-    parent_span = trace.get_current_span(parent)
-    if not parent_span.is_recording():
-        return
-    direct = _direct
-    if direct is None or error is not None:
-        tracer = _tracers.get(scope)
-        if tracer is None:
-            tracer = _tracers[scope] = trace.get_tracer(scope)
-        span = tracer.start_span(name, context=parent, kind=kind, start_time=start_ns, attributes=attributes)
-        if error is not None:
-            span.record_exception(error)
-            span.set_status(Status(StatusCode.ERROR, type(error).__name__))
-        span.end(end_time=end_ns)
-        return
-    parent_context = parent_span.get_span_context()
-    if not parent_context.trace_flags.sampled:
-        return
-    direct.processor.on_end(
-        ReadableSpan(
-            name,
-            SpanContext(
-                parent_context.trace_id,
-                direct.span_id(),
-                is_remote=False,
-                trace_flags=parent_context.trace_flags,
-                trace_state=parent_context.trace_state,
-            ),
-            parent_context,
-            direct.resource,
-            attributes,
-            kind=kind,
-            start_time=start_ns,
-            end_time=time.time_ns() if end_ns is None else end_ns,
-            instrumentation_scope=_scope(scope),
-        )
-    )
-
-
-def _scope(name: str) -> InstrumentationScope:
-    scope = _scopes.get(name)
-    if scope is None:
-        # As the SDK names a tracer's scope: no version is "".
-        scope = _scopes[name] = InstrumentationScope(name, "")
-    return scope
-
-
-class _DirectSpan(trace.Span):
-    """A span that stays open while work runs under it (the request's server span), recorded by
-    the platform instead of the SDK's `_Span` under the same conditions as `span_finished`: its
-    sampling decision is the sampler's, and at its end the processor gets the ReadableSpan the
-    SDK would have made. Attributes set by others are cleaned as the SDK cleans them."""
-
-    _MAX_EVENTS = 128  # the SDK's default limit
-
-    def __init__(
-        self,
-        direct: _Direct,
-        name: str,
-        *,
-        context: SpanContext,
-        parent: SpanContext | None,
-        kind: SpanKind,
-        attributes: dict[str, AnyValue],
-        scope: str,
-    ) -> None:
-        self._direct = direct
-        self._name = name
-        self._context = context
-        self._parent = parent
-        self._kind = kind
-        self._attributes = attributes
-        self._scope = scope
-        self._events: list[Event] = []
-        self._links: list[trace.Link] = []
-        self._status = Status(StatusCode.UNSET)
-        self._start_ns = time.time_ns()
-        self._end_ns: int | None = None
-
-    @classmethod
-    def start(
-        cls,
-        direct: _Direct,
-        name: str,
-        *,
-        parent: otel_context.Context | None,
-        kind: SpanKind,
-        attributes: Mapping[str, AnyValue],
-        scope: str = __name__,
-    ) -> trace.Span:
-        parent_context: SpanContext | None = trace.get_current_span(parent).get_span_context()
-        if parent_context is None or not parent_context.is_valid:
-            parent_context, trace_id, random_trace_id = None, direct.trace_id(), direct.random_trace_ids
-        else:
-            trace_id, random_trace_id = parent_context.trace_id, parent_context.trace_flags.random_trace_id
-        sampled = direct.sampler.should_sample(parent, trace_id, name, kind, attributes, ())
-        flags = TraceFlags.SAMPLED if sampled.decision.is_sampled() else TraceFlags.DEFAULT
-        if random_trace_id:
-            flags |= TraceFlags.RANDOM_TRACE_ID
-        context = SpanContext(
-            trace_id,
-            direct.span_id(),
-            is_remote=False,
-            trace_flags=TraceFlags(flags),
-            trace_state=sampled.trace_state,
-        )
-        if not sampled.decision.is_recording():
-            return trace.NonRecordingSpan(context)
-        return cls(
-            direct,
-            name,
-            context=context,
-            parent=parent_context,
-            kind=kind,
-            attributes=dict(sampled.attributes or {}),
-            scope=scope,
-        )
-
-    def get_span_context(self) -> SpanContext:
-        return self._context
-
-    def is_recording(self) -> bool:
-        return self._end_ns is None
-
-    def set_attribute(self, key: str, value: AnyValue) -> None:
-        if self._end_ns is not None or not key or not isinstance(key, str):
-            return
-        self._attributes[key] = _clean_attribute_value(value, None)
-
-    def set_attributes(self, attributes: Mapping[str, AnyValue]) -> None:
-        for key, value in attributes.items():
-            self.set_attribute(key, value)
-
-    def add_event(
-        self, name: str, attributes: Mapping[str, AnyValue] | None = None, timestamp: int | None = None
-    ) -> None:
-        if self._end_ns is None and len(self._events) < self._MAX_EVENTS:
-            self._events.append(
-                Event(name, BoundedAttributes(attributes=attributes, immutable=True), timestamp)
-            )
-
-    def add_link(self, context: SpanContext, attributes: Mapping[str, AnyValue] | None = None) -> None:
-        if self._end_ns is None and context.is_valid:
-            self._links.append(trace.Link(context, BoundedAttributes(attributes=attributes, immutable=True)))
-
-    def update_name(self, name: str) -> None:
-        if self._end_ns is None:
-            self._name = name
-
-    def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
-        # As the SDK: OK is final, UNSET is ignored.
-        if self._end_ns is not None or self._status.status_code is StatusCode.OK:
-            return
-        if isinstance(status, StatusCode):
-            status = Status(status, description)
-        if status.status_code is not StatusCode.UNSET:
-            self._status = status
-
-    def record_exception(
-        self,
-        exception: BaseException,
-        attributes: Mapping[str, AnyValue] | None = None,
-        timestamp: int | None = None,
-        escaped: bool = False,
-    ) -> None:
-        # The SDK's event, attribute for attribute.
-        module, qualname = type(exception).__module__, type(exception).__qualname__
-        recorded: dict[str, AnyValue] = {
-            "exception.type": f"{module}.{qualname}" if module and module != "builtins" else qualname,
-            "exception.message": str(exception),
-            "exception.stacktrace": "".join(traceback.format_exception(exception)),
-            "exception.escaped": str(escaped),
-        }
-        recorded.update(attributes or {})
-        self.add_event("exception", recorded, timestamp)
-
-    def end(self, end_time: int | None = None) -> None:
-        if self._end_ns is not None:
-            return
-        self._end_ns = end_time if end_time is not None else time.time_ns()
-        self._direct.processor.on_end(
-            ReadableSpan(
-                self._name,
-                self._context,
-                self._parent,
-                self._direct.resource,
-                self._attributes,
-                tuple(self._events),
-                tuple(self._links),
-                self._kind,
-                status=self._status,
-                start_time=self._start_ns,
-                end_time=self._end_ns,
-                instrumentation_scope=_scope(self._scope),
-            )
-        )
-
-
-# --- Redis client spans ----------------------------------------------------------------------
-#
-# In place of opentelemetry-instrumentation-redis, whose wrapper cost about 390,000 instructions
-# per command, four times a bare span (BENCHMARKS.md, issue 15): it formatted the command,
-# set eight attributes one lock at a time from the connection's settings, and made each span
-# current. Here a command's span is made only under a recorded span (a request's or a task's:
-# a background thread's polling does not start traces of its own), with the connection's
-# attributes worked out once per client, and it is never current (nothing runs under it).
-
-_redis_tracer = trace.get_tracer("common.tracing.redis")
-_redis_wrapped = False
-_MAX_STATEMENT = 1000
-_peer_attributes: weakref.WeakKeyDictionary[Any, dict[str, str | int]] = weakref.WeakKeyDictionary()
-
-
-def _redis_peer(client: Any) -> dict[str, str | int]:
-    attributes = _peer_attributes.get(client)
-    if attributes is None:
-        attributes = {"db.system": "redis"}
-        pool = getattr(client, "connection_pool", None)
-        options = getattr(pool, "connection_kwargs", None) or {}
-        if "path" in options:
-            attributes["net.peer.name"] = str(options["path"])
-            attributes["net.transport"] = "other"
-        elif options:
-            attributes["net.peer.name"] = str(options.get("host", "localhost"))
-            attributes["net.peer.port"] = int(options.get("port", 6379))
-            attributes["net.transport"] = "ip_tcp"
-        if options:
-            attributes["db.redis.database_index"] = int(options.get("db") or 0)
-        _peer_attributes[client] = attributes
-    return attributes
-
-
-# Set while a platform span that stands for its Redis calls is open (admission: one script):
-# those calls make no spans of their own, the platform's span carries the store's attributes.
-_redis_spans_folded: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "redis_spans_folded", default=False
-)
-
-
-def redis_spans_fold() -> contextvars.Token[bool]:
-    """The Redis calls from here to `redis_spans_unfold(token)` make no spans."""
-    return _redis_spans_folded.set(True)
-
-
-def redis_spans_unfold(token: contextvars.Token[bool]) -> None:
-    _redis_spans_folded.reset(token)
-
-
-def _redis_traced() -> bool:
-    return not _redis_spans_folded.get() and trace.get_current_span().is_recording()
-
-
-def _redis_span(client: Any, name: str, attributes: dict[str, Any]) -> trace.Span:
-    return _redis_tracer.start_span(
-        name, kind=SpanKind.CLIENT, attributes={**_redis_peer(client), **attributes}
-    )
-
-
-def _redis_call(span: trace.Span, call: Any, args: Any, kwargs: Any) -> Any:
-    try:
-        return call(*args, **kwargs)
-    except Exception as exc:
-        span.record_exception(exc)
-        span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-        raise
-    finally:
-        span.end()
-
-
-def _traced_command(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-    """`Redis.execute_command` and `RedisCluster.execute_command`: a span named after the
-    command, its arguments left out (`EVALSHA ? ? ?`)."""
-    if not args or not _redis_traced():
-        return wrapped(*args, **kwargs)
-    command = str(args[0])
-    statement = command + " ?" * (len(args) - 1)
-    span = _redis_span(
-        instance,
-        command,
-        {"db.statement": statement[:_MAX_STATEMENT], "db.redis.args_length": len(args)},
-    )
-    return _redis_call(span, wrapped, args, kwargs)
-
-
-def _traced_pipeline(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-    """`Pipeline.execute` and `ClusterPipeline.execute`: one span for the whole pipeline."""
-    if not _redis_traced():
-        return wrapped(*args, **kwargs)
-    stack = getattr(instance, "command_stack", None) or []
-    # redis.client's stack holds (args, options) pairs, redis.cluster's PipelineCommand objects.
-    names = [str((command.args if hasattr(command, "args") else command[0])[0]) for command in stack]
-    statement = "\n".join(names)[:_MAX_STATEMENT]
-    span = _redis_span(
-        instance,
-        " ".join(dict.fromkeys(names))[:_MAX_STATEMENT] or "PIPELINE",
-        {"db.statement": statement, "db.redis.pipeline_length": len(stack)},
-    )
-    return _redis_call(span, wrapped, args, kwargs)
-
-
-def redis_spans_instrument() -> None:
-    global _redis_wrapped
-    if _redis_wrapped:
-        return
-    from wrapt import wrap_function_wrapper
-
-    wrap_function_wrapper("redis.client", "Redis.execute_command", _traced_command)
-    wrap_function_wrapper("redis.client", "Pipeline.execute", _traced_pipeline)
-    wrap_function_wrapper("redis.cluster", "RedisCluster.execute_command", _traced_command)
-    wrap_function_wrapper("redis.cluster", "ClusterPipeline.execute", _traced_pipeline)
-    _redis_wrapped = True
-
-
-def redis_spans_uninstrument() -> None:
-    global _redis_wrapped
-    if not _redis_wrapped:
-        return
-    import redis.client
-    import redis.cluster
-    from opentelemetry.instrumentation.utils import unwrap
-
-    unwrap(redis.client.Redis, "execute_command")
-    unwrap(redis.client.Pipeline, "execute")
-    unwrap(redis.cluster.RedisCluster, "execute_command")
-    unwrap(redis.cluster.ClusterPipeline, "execute")
-    _redis_wrapped = False
 
 
 # --- Export ------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ class InferenceConfig(AppConfig):
     def ready(self) -> None:
         checks.register(registry_file_check)
         # The engine's finished spans go straight to the SDK's processor when tracing is on.
-        from common.tracing import span_finished
+        from common.spans import span_finished
         from inference.engine import spans
 
         spans.recorder_install(functools.partial(span_finished, scope="inference.engine"))

@@ -20,6 +20,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from common import spans as direct_spans
 from common import tracing
 from tests.conftest import CELERY_WORKER_COMMAND, ROOT, Tenant, server_env
 from tests.engine.conftest import build_tiny_model
@@ -274,12 +275,12 @@ def test_a_finished_span_recorded_directly_is_the_span_the_sdk_would_have_made(
     must not tell them apart, but for their ids."""
     from opentelemetry import trace
 
-    assert tracing._direct is not None  # the SDK's default sampler follows the parent
+    assert direct_spans.recorder is not None  # the SDK's default sampler follows the parent
     spans.clear()
     attributes = {"llmp.admission.outcome": "admitted", "llmp.tokens.estimated": 12}
     with trace.get_tracer("test").start_as_current_span("request") as parent:
         start, end = time.time_ns() - 5_000, time.time_ns()
-        tracing.span_finished(
+        direct_spans.span_finished(
             "admission", start_ns=start, end_ns=end, attributes=dict(attributes), scope="x.y"
         )
         trace.get_tracer("x.y").start_span("admission", start_time=start, attributes=attributes).end(
@@ -301,10 +302,10 @@ def test_a_finished_span_outside_a_recorded_one_is_not_recorded_and_an_error_is(
     from opentelemetry import trace
 
     spans.clear()
-    tracing.span_finished("alone", start_ns=time.time_ns(), attributes={})
+    direct_spans.span_finished("alone", start_ns=time.time_ns(), attributes={})
     assert spans.get_finished_spans() == ()
     with trace.get_tracer("test").start_as_current_span("request"):
-        tracing.span_finished("failed", start_ns=time.time_ns(), attributes={}, error=ValueError("no"))
+        direct_spans.span_finished("failed", start_ns=time.time_ns(), attributes={}, error=ValueError("no"))
     (failed,) = [s for s in spans.get_finished_spans() if s.name == "failed"]
     assert failed.status.status_code.name == "ERROR"
     assert [event.name for event in failed.events] == ["exception"]
@@ -319,11 +320,11 @@ def test_only_a_sampler_that_follows_the_parent_lets_spans_skip_it() -> None:
         TraceIdRatioBased,
     )
 
-    assert tracing._follows_parent(ParentBased(ALWAYS_ON))
-    assert tracing._follows_parent(ParentBasedTraceIdRatio(0.1))
-    assert not tracing._follows_parent(ALWAYS_ON)
-    assert not tracing._follows_parent(TraceIdRatioBased(0.5))
-    assert not tracing._follows_parent(ParentBased(ALWAYS_ON, local_parent_sampled=ALWAYS_OFF))
+    assert direct_spans.follows_parent(ParentBased(ALWAYS_ON))
+    assert direct_spans.follows_parent(ParentBasedTraceIdRatio(0.1))
+    assert not direct_spans.follows_parent(ALWAYS_ON)
+    assert not direct_spans.follows_parent(TraceIdRatioBased(0.5))
+    assert not direct_spans.follows_parent(ParentBased(ALWAYS_ON, local_parent_sampled=ALWAYS_OFF))
 
 
 def _described(span: ReadableSpan, *, times: bool = True) -> dict[str, Any]:
@@ -360,7 +361,7 @@ def test_the_server_span_recorded_by_the_platform_is_the_span_the_sdk_would_have
     from opentelemetry import trace
     from opentelemetry.trace import SpanKind, Status, StatusCode
 
-    assert tracing._direct is not None
+    assert direct_spans.recorder is not None
     spans.clear()
     caller = tracing._incoming_context(
         {"HTTP_TRACEPARENT": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
@@ -371,8 +372,8 @@ def test_the_server_span_recorded_by_the_platform_is_the_span_the_sdk_would_have
         trace.get_tracer("common.tracing").start_span(
             "GET", context=caller, kind=SpanKind.SERVER, attributes=attributes
         ),
-        tracing._DirectSpan.start(
-            tracing._direct, "GET", parent=caller, kind=SpanKind.SERVER, attributes=attributes
+        direct_spans.DirectSpan.start(
+            direct_spans.recorder, "GET", parent=caller, kind=SpanKind.SERVER, attributes=attributes
         ),
     ]
     try:

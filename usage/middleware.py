@@ -25,9 +25,10 @@ from opentelemetry.util.types import AttributeValue
 from accounts.context import AuthContext
 from common.errors import APIError, internal_error_response
 from common.metrics import ADMISSIONS
+from common.redis_spans import redis_spans_fold, redis_spans_unfold
 from common.request_notes import RequestNotes, request_notes
 from common.shared_redis import REDIS_ERRORS, shared_redis_configured
-from common.tracing import redis_spans_fold, redis_spans_unfold, span_finished
+from common.spans import span_finished
 from usage.admission import RouteCost, route_cost
 from usage.ratelimit import LimitState, LimitWindows, RateLimited, format_reset, requests_hit, tokens_hit
 from usage.services import quota_reserve
