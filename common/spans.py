@@ -82,7 +82,7 @@ def span_finished(
     end_ns: int | None = None,
     attributes: dict[str, AttributeValue],
     parent: otel_context.Context | None = None,
-    scope: str = __name__,
+    scope: str,
     kind: SpanKind = SpanKind.INTERNAL,
     error: BaseException | None = None,
 ) -> None:
@@ -176,7 +176,7 @@ class DirectSpan(trace.Span):
         parent: otel_context.Context | None,
         kind: SpanKind,
         attributes: Mapping[str, AnyValue],
-        scope: str = __name__,
+        scope: str,
     ) -> trace.Span:
         parent_context: SpanContext | None = trace.get_current_span(parent).get_span_context()
         if parent_context is None or not parent_context.is_valid:

@@ -234,7 +234,7 @@ def server_span_start(request: HttpRequest) -> ServerSpan | None:
         _tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes)
         if recorder is None
         else spans.DirectSpan.start(
-            recorder, name, parent=parent, kind=SpanKind.SERVER, attributes=attributes
+            recorder, name, parent=parent, kind=SpanKind.SERVER, attributes=attributes, scope=__name__
         )
     )
     token = otel_context.attach(trace.set_span_in_context(span, parent))

@@ -128,6 +128,7 @@ def test_a_callers_trace_context_is_continued_by_the_server_span(
     assert _trace_id(server) == trace_id
     assert server.parent is not None and format(server.parent.span_id, "016x") == parent_id
     assert server.name == "GET api/v1/usage/"
+    assert server.instrumentation_scope is not None and server.instrumentation_scope.name == "common.tracing"
     assert dict(server.attributes or {}) == {
         "http.request.method": "GET",
         "url.path": "/api/v1/usage/",
@@ -302,10 +303,12 @@ def test_a_finished_span_outside_a_recorded_one_is_not_recorded_and_an_error_is(
     from opentelemetry import trace
 
     spans.clear()
-    direct_spans.span_finished("alone", start_ns=time.time_ns(), attributes={})
+    direct_spans.span_finished("alone", start_ns=time.time_ns(), attributes={}, scope="test")
     assert spans.get_finished_spans() == ()
     with trace.get_tracer("test").start_as_current_span("request"):
-        direct_spans.span_finished("failed", start_ns=time.time_ns(), attributes={}, error=ValueError("no"))
+        direct_spans.span_finished(
+            "failed", start_ns=time.time_ns(), attributes={}, scope="test", error=ValueError("no")
+        )
     (failed,) = [s for s in spans.get_finished_spans() if s.name == "failed"]
     assert failed.status.status_code.name == "ERROR"
     assert [event.name for event in failed.events] == ["exception"]
@@ -373,7 +376,12 @@ def test_the_server_span_recorded_by_the_platform_is_the_span_the_sdk_would_have
             "GET", context=caller, kind=SpanKind.SERVER, attributes=attributes
         ),
         direct_spans.DirectSpan.start(
-            direct_spans.recorder, "GET", parent=caller, kind=SpanKind.SERVER, attributes=attributes
+            direct_spans.recorder,
+            "GET",
+            parent=caller,
+            kind=SpanKind.SERVER,
+            attributes=attributes,
+            scope="common.tracing",
         ),
     ]
     try:
