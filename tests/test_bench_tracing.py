@@ -1,6 +1,8 @@
-"""The tracing benchmark runs: bench/bench_gateway.py --tracing both measures the gateway with
-tracing off, then on (OTLP to a closed port), in one run. Tiny here (a second per measurement,
-Python's load instead of wrk); the figures come from a quiet machine (BENCHMARKS.md)."""
+"""The tracing benchmarks run: bench/bench_gateway.py --tracing both measures the gateway with
+tracing off, on, on and off (OTLP to a closed port) in one run; bench/bench_tracing_pairs.py
+measures pairs in alternating order, with the CPU per request. Tiny here (a second per
+measurement, Python's load instead of wrk); the figures come from a quiet machine
+(BENCHMARKS.md)."""
 
 from __future__ import annotations
 
@@ -66,3 +68,31 @@ def test_gateway_bench_measures_tracing_off_and_on_in_one_run(tmp_path: Path) ->
     assert "tracing off" in result.stdout and "% cost" in result.stdout
     # With tracing on, the web server made spans and tried to export them to the closed port.
     assert "export" in log.read_text().lower(), log.read_text()[-2000:]
+
+
+def test_tracing_pairs_bench_measures_both_orders_and_the_cpu_per_request(tmp_path: Path) -> None:
+    base = os.environ["DATABASE_URL"].rsplit("/", 1)[0]
+    out = tmp_path / "tracing-pairs.json"
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"},
+        "BENCH_DATABASE_URL": f"{base}/llm_bench_pairs_test",
+        "BENCH_REDIS_URL": settings.REDIS_URL.rsplit("/", 1)[0] + "/12",
+    }
+    command = [str(BIN / "python"), "bench/bench_tracing_pairs.py", "--pairs", "2", "--seconds", "1"]
+    result = subprocess.run(
+        [*command, "--connections", "4", "--load", "python", "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    summary = json.loads(out.read_text())
+    assert [pair["order"] for pair in summary["pairs"]] == [["off", "on"], ["on", "off"]]
+    for pair in summary["pairs"]:
+        for tracing in ("off", "on"):
+            phase = pair[tracing]
+            assert phase["requests_per_second"] > 0 and phase["errors"] == 0, (tracing, phase)
+            assert phase["web_cpu_ms_per_request"] > 0, (tracing, phase)
+    assert "median over 2 pairs" in result.stdout
