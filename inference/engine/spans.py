@@ -53,32 +53,19 @@ def _api_record(
     span.end(end_time=end_ns)
 
 
-_recorder: SpanRecorder = _api_record
+# Records a span that has ended, child of `parent`'s current span (default: this thread's).
+span_record: SpanRecorder = _api_record
 
 
 def recorder_install(recorder: SpanRecorder | None) -> None:
     """How the engine's finished spans are recorded from now on (None: the API's tracer)."""
-    global _recorder
-    _recorder = recorder or _api_record
+    global span_record
+    span_record = recorder or _api_record
 
 
 def recording() -> bool:
     """Whether this thread's current span is recorded (else its children would not be)."""
     return trace.get_current_span().is_recording()
-
-
-def span_record(
-    name: str,
-    *,
-    start_ns: int,
-    end_ns: int,
-    attributes: dict[str, AttributeValue],
-    parent: otel_context.Context | None = None,
-    error: BaseException | None = None,
-) -> None:
-    """Records a span that has ended, child of `parent`'s current span (default: this
-    thread's)."""
-    _recorder(name, start_ns=start_ns, end_ns=end_ns, attributes=attributes, parent=parent, error=error)
 
 
 class SequenceTrace:
