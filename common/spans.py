@@ -58,7 +58,7 @@ def follows_parent(sampler: Any) -> bool:
 def recorder_install(provider: TracerProvider) -> None:
     """Records spans directly into `provider`'s processor when its sampler allows it. The
     processor and the sampler's delegates are private to the SDK (pinned in requirements): the
-    gain that pays for it is tracing's cost per request, 11.9 % -> 4.6 % of the request thread's
+    gain that pays for it is tracing's cost per request, 12.1 % -> 4.1 % of the request thread's
     instructions (BENCHMARKS.md, issue 15)."""
     global recorder
     recorder = (
